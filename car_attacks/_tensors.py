@@ -1,0 +1,123 @@
+"""Small backend-neutral helpers on EagerPy tensors (dtype, gradients, norms)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+Bound = float | ep.Tensor
+
+_LOW_PRECISION = {"float16", "bfloat16"}
+
+
+def dtype_name(t: ep.Tensor) -> str:
+    """The dtype of ``t`` as a short string (``"float32"``, ``"bfloat16"``, ...)."""
+    return str(t.dtype).rsplit(".", 1)[-1]
+
+
+def is_floating(t: ep.Tensor) -> bool:
+    """Whether ``t`` holds floating-point values."""
+    return dtype_name(t).startswith(("float", "bfloat"))
+
+
+def compute_dtype(t: ep.Tensor) -> ep.Tensor:
+    """``t`` in the dtype the maths runs in: float32 for half/int inputs, else unchanged."""
+    if dtype_name(t) in _LOW_PRECISION or not is_floating(t):
+        return t.float32()
+    return t
+
+
+def stop_gradient(t: ep.Tensor) -> ep.Tensor:
+    """``t`` without its autograd history (PyTorch, JAX, TensorFlow; identity for NumPy)."""
+    if isinstance(t, ep.PyTorchTensor):
+        return ep.astensor(t.raw.detach())
+    if isinstance(t, ep.JAXTensor):
+        import jax
+
+        return ep.astensor(jax.lax.stop_gradient(t.raw))
+    if isinstance(t, ep.TensorFlowTensor):
+        import tensorflow as tf
+
+        return ep.astensor(tf.stop_gradient(t.raw))
+    return t
+
+
+def needs_grad(*tensors: Any) -> bool:
+    """Whether a gradient may be taken through any of ``tensors``.
+
+    PyTorch: some input requires grad and grad mode is on. JAX and TensorFlow:
+    always assumed (tracing is not observable cheaply). NumPy: never.
+    """
+    for t in tensors:
+        if not isinstance(t, ep.Tensor):
+            continue
+        if isinstance(t, ep.PyTorchTensor):
+            import torch
+
+            if t.raw.requires_grad and torch.is_grad_enabled():
+                return True
+        elif isinstance(t, ep.JAXTensor | ep.TensorFlowTensor):
+            return True
+    return False
+
+
+def batch_view(v: ep.Tensor, ndim: int) -> ep.Tensor:
+    """Reshape a per-sample vector of shape ``(N,)`` to ``(N, 1, ..., 1)`` with ``ndim`` dims."""
+    return v.reshape((v.shape[0],) + (1,) * (ndim - 1))
+
+
+def flatten_batch(v: ep.Tensor) -> ep.Tensor:
+    """Reshape ``(N, ...)`` to ``(N, n)``."""
+    return v.reshape((v.shape[0], -1))
+
+
+def lp_norms(v: ep.Tensor, p: float) -> ep.Tensor:
+    """Per-sample Lp norm of a batch, shape ``(N,)``: ``(sum_i |v_i|^p)^(1/p)``, ``max_i |v_i|``.
+
+    For p other than 1, 2 and inf the values are divided by their per-sample
+    maximum first, so large p neither overflows nor underflows.
+    """
+    a = flatten_batch(v).abs()
+    if p == math.inf:
+        return a.max(axis=1)
+    if p == 1:
+        return a.sum(axis=1)
+    if p == 2:
+        return a.square().sum(axis=1).sqrt()
+    scale = a.max(axis=1, keepdims=True)
+    safe = ep.where(scale > 0, scale, ep.ones_like(scale))
+    return ((a / safe) ** p).sum(axis=1) ** (1.0 / p) * safe[:, 0]
+
+
+def to_backend(value: Any, like: ep.Tensor) -> ep.Tensor:
+    """Turn a float, a sequence, a NumPy array or a native tensor into an EagerPy tensor
+    on the backend (and device) of ``like``, in ``like``'s dtype."""
+    if isinstance(value, ep.Tensor):
+        t = value
+    else:
+        native = ep.astensor(like.raw) if not isinstance(like, ep.Tensor) else like
+        if type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib", "tensorflow"):
+            t = ep.astensor(value)
+        else:
+            t = ep.from_numpy(native, np.asarray(value, dtype=np.float64))
+    if type(t) is not type(like):
+        t = ep.from_numpy(like, t.numpy())
+    if isinstance(like, ep.PyTorchTensor) and t.raw.device != like.raw.device:
+        t = ep.astensor(t.raw.to(like.raw.device))
+    return t.astype(like.dtype)
+
+
+def clip_to_bounds(v: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
+    """``min(max(v, lo), hi)`` for float or tensor bounds."""
+    if isinstance(lo, float) and isinstance(hi, float):
+        return v.clip(lo, hi)
+    return ep.minimum(ep.maximum(v, lo), hi)
+
+
+def room_along(x: ep.Tensor, delta: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
+    """Distance from ``x`` to the box in the direction of ``delta``, per coordinate:
+    ``r_i = hi_i - x_i`` if ``delta_i >= 0`` else ``x_i - lo_i`` (never negative)."""
+    return ep.maximum(ep.where(delta >= 0, hi - x, x - lo), 0.0)

@@ -1,0 +1,133 @@
+"""Input checks shared by the public maths API and the attacks.
+
+Every check raises :class:`ValueError` naming the argument and the offending
+value, so a bad call fails loudly instead of returning a silently wrong scale.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import eagerpy as ep
+
+from ._tensors import Bound, flatten_batch, to_backend
+
+BOUNDS_TOLERANCE = 1e-5
+"""Relative tolerance (of ``hi - lo``) for inputs that sit slightly outside the bounds."""
+
+
+def parse_p(p: Any) -> float:
+    """The norm order as a float in ``[1, inf]``; accepts ``"inf"`` and ``math.inf``."""
+    if isinstance(p, str):
+        try:
+            value = float(p)
+        except ValueError:
+            raise ValueError(f"p must be a number >= 1 or 'inf', got p={p!r}") from None
+    elif isinstance(p, bool) or not isinstance(p, int | float):
+        raise ValueError(f"p must be a number >= 1 or 'inf', got p={p!r}")
+    else:
+        value = float(p)
+    if math.isnan(value) or value < 1:
+        raise ValueError(f"p must be >= 1 (a norm), got p={p!r}")
+    return value
+
+
+def check_batch(x: ep.Tensor, name: str) -> None:
+    """``x`` is a non-empty batch ``(N, ...)`` of finite values."""
+    if x.ndim < 1:
+        raise ValueError(f"{name} must be a batch of shape (N, ...), got a scalar")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); N must be >= 1")
+    check_finite(x, name)
+
+
+def check_finite(t: ep.Tensor, name: str) -> None:
+    """``t`` contains no NaN or infinity."""
+    bad = ep.logical_or(ep.isnan(t), ep.isinf(t))
+    if bad.any().item():
+        n_bad = int(bad.astype(t.dtype).sum().item())
+        first = t.reshape((-1,))[bad.reshape((-1,))][0].item()
+        raise ValueError(f"{name} contains {n_bad} non-finite value(s) (e.g. {first})")
+
+
+def check_same_shape(a: ep.Tensor, b: ep.Tensor, name_a: str, name_b: str) -> None:
+    """``a`` and ``b`` have identical shapes."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} "
+            f"and {tuple(b.shape)}"
+        )
+
+
+def as_bounds(bounds: Any, like: ep.Tensor) -> tuple[Bound, Bound]:
+    """Parse ``bounds = (lo, hi)``: floats, or tensors broadcastable to ``like``.
+
+    Returns floats for scalar bounds (the fast path) and EagerPy tensors of
+    ``like``'s backend and dtype otherwise.
+    """
+    try:
+        lo_raw, hi_raw = bounds
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (lower, upper), got bounds={bounds!r}") from None
+    parsed: list[Bound] = []
+    for raw, label in ((lo_raw, "lower"), (hi_raw, "upper")):
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            if not math.isfinite(raw):
+                raise ValueError(f"bounds {label} must be finite, got bounds={bounds!r}")
+            parsed.append(float(raw))
+            continue
+        t = to_backend(raw, like)
+        try:
+            ep.zeros_like(like) + t
+        except Exception:  # noqa: BLE001 - any broadcasting failure is a shape error
+            raise ValueError(
+                f"bounds {label} of shape {tuple(t.shape)} does not broadcast to "
+                f"shape {tuple(like.shape)}"
+            ) from None
+        check_finite(t, f"bounds ({label})")
+        parsed.append(float(t.item()) if t.ndim == 0 else t)
+    lo, hi = parsed
+    gap = hi - lo
+    not_ordered = gap <= 0 if isinstance(gap, float) else (gap <= 0).any().item()
+    if not_ordered:
+        raise ValueError(f"bounds must satisfy lower < upper everywhere, got bounds={bounds!r}")
+    return lo, hi
+
+
+def check_in_bounds(x: ep.Tensor, lo: Bound, hi: Bound, name: str) -> None:
+    """Every value of ``x`` lies in ``[lo, hi]`` up to ``BOUNDS_TOLERANCE * (hi - lo)``."""
+    tol = (hi - lo) * BOUNDS_TOLERANCE
+    below = x < lo - tol
+    above = x > hi + tol
+    outside = ep.logical_or(below, above)
+    if outside.any().item():
+        flat = flatten_batch(x)
+        worst = float(flat.min().item()) if below.any().item() else float(flat.max().item())
+        raise ValueError(
+            f"{name} has values outside the bounds (e.g. {worst}); "
+            f"clip {name} to the bounds or pass the bounds your data uses"
+        )
+
+
+def as_eps(eps: Any, like: ep.Tensor, name: str = "eps") -> ep.Tensor:
+    """Per-sample targets ``(N,)`` from a float or a length-N tensor; finite and >= 0."""
+    n = like.shape[0]
+    if isinstance(eps, int | float) and not isinstance(eps, bool):
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"{name} must be finite and >= 0, got {name}={eps!r}")
+        return ep.full(like, (n,), float(eps))
+    t = to_backend(eps, like)
+    if t.ndim == 0:
+        t = t.reshape((1,))
+    if t.ndim != 1 or t.shape[0] not in (1, n):
+        raise ValueError(
+            f"{name} must be a float or have shape ({n},) (one per sample), got shape "
+            f"{tuple(t.shape)}"
+        )
+    check_finite(t, name)
+    if (t < 0).any().item():
+        raise ValueError(f"{name} must be >= 0, got {name} with minimum {t.min().item()}")
+    if t.shape[0] == 1 and n != 1:
+        t = ep.full(like, (n,), 1.0) * t
+    return t
