@@ -1,0 +1,47 @@
+"""BCOP Lipschitz-constrained networks and l2 certification.
+
+Li et al. (NeurIPS 2019), "Preventing Gradient Attenuation in Lipschitz Constrained
+Convolutional Networks": orthogonal convolutions (BCOP), Björck-orthonormalised
+linear layers, MaxMin activations, and certified radii ``margin / (sqrt(2) L)``.
+"""
+
+from car_attacks.lipschitz.bcop import BCOPConv2d, bcop_kernel, block_conv
+from car_attacks.lipschitz.bjorck import (
+    bjorck,
+    orthogonality_error,
+    orthonormalize,
+    power_iteration,
+    scale_for_bjorck,
+)
+from car_attacks.lipschitz.certify import (
+    certified_accuracy,
+    certified_radius,
+    conv_singular_values,
+    layer_lipschitz,
+    lipschitz_bound,
+    prediction_margin,
+)
+from car_attacks.lipschitz.layers import BjorckLinear, InvertibleDownsampling, MaxMin, Normalize
+from car_attacks.lipschitz.network import bcop_network
+
+__all__ = [
+    "BCOPConv2d",
+    "BjorckLinear",
+    "InvertibleDownsampling",
+    "MaxMin",
+    "Normalize",
+    "bcop_kernel",
+    "bcop_network",
+    "bjorck",
+    "block_conv",
+    "certified_accuracy",
+    "certified_radius",
+    "conv_singular_values",
+    "layer_lipschitz",
+    "lipschitz_bound",
+    "orthogonality_error",
+    "orthonormalize",
+    "power_iteration",
+    "prediction_margin",
+    "scale_for_bjorck",
+]
