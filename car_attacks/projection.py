@@ -87,14 +87,25 @@ def project_linf(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bou
     return ep.minimum(ep.maximum(z, ep.maximum(x0 - e, lo)), ep.minimum(x0 + e, hi))
 
 
-def project_l2(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
-    """``clip(x0 + eta (z - x0))`` with ``eta = min(1, CAR eta)`` (KKT of the L2 projection)."""
+def project_l2(
+    x0: ep.Tensor,
+    z: ep.Tensor,
+    eps: ep.Tensor,
+    lo: Bound,
+    hi: Bound,
+    *,
+    method: str = "newton",
+) -> ep.Tensor:
+    """``clip(x0 + eta (z - x0))`` with ``eta = min(1, CAR eta)`` (KKT of the L2 projection).
+
+    ``method`` is the solver of the CAR equation (see :func:`~car_attacks.rescaling.solve_eta`).
+    """
     clipped = clip_to_bounds(z, lo, hi)
     inside = lp_norms(clipped - x0, 2.0) <= eps
     if inside.all().item():
         return clipped
     direction = z - x0
-    eta = ep.minimum(solve_eta(x0, direction, eps, p=2.0, lo=lo, hi=hi), 1.0)
+    eta = ep.minimum(solve_eta(x0, direction, eps, p=2.0, lo=lo, hi=hi, method=method), 1.0)
     projected = clip_to_bounds(x0 + batch_view(eta, x0.ndim) * direction, lo, hi)
     return ep.where(batch_view(inside, x0.ndim), clipped, projected)
 

@@ -1,0 +1,34 @@
+"""Clipping-aware attacks, drop-in replacements for foolbox's attack classes.
+
+Every class takes ``rescaling="car" | "bisection" | "naive"``; see
+:mod:`car_attacks.attacks.rescale`.
+"""
+
+from .gradient import (
+    ClippingAwareGradientAttack,
+    L1ClippingAwareBasicIterativeAttack,
+    L1ClippingAwareFastGradientAttack,
+    L1ClippingAwarePGD,
+    L2ClippingAwareBasicIterativeAttack,
+    L2ClippingAwareFastGradientAttack,
+    L2ClippingAwarePGD,
+    LinfClippingAwareBasicIterativeAttack,
+    LinfClippingAwareFastGradientAttack,
+    LinfClippingAwarePGD,
+)
+from .rescale import RESCALINGS, Rescaling
+
+__all__ = [
+    "RESCALINGS",
+    "ClippingAwareGradientAttack",
+    "L1ClippingAwareBasicIterativeAttack",
+    "L1ClippingAwareFastGradientAttack",
+    "L1ClippingAwarePGD",
+    "L2ClippingAwareBasicIterativeAttack",
+    "L2ClippingAwareFastGradientAttack",
+    "L2ClippingAwarePGD",
+    "LinfClippingAwareBasicIterativeAttack",
+    "LinfClippingAwareFastGradientAttack",
+    "LinfClippingAwarePGD",
+    "Rescaling",
+]
