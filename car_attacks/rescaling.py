@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import eagerpy as ep
+import numpy as np
 
 from ._tensors import (
     Bound,
     batch_view,
     clip_to_bounds,
     compute_dtype,
+    dtype_name,
     flatten_batch,
     is_floating,
     lp_norms,
@@ -360,6 +362,8 @@ def _bisection(
     """
     x, delta, eps = stop_gradient(x), stop_gradient(delta), stop_gradient(eps)
     lo, hi = _sg(lo), _sg(hi)
+    # a bracket narrower than a few ulps cannot be resolved in the input's dtype
+    rtol = max(rtol, 4 * float(np.finfo(np.dtype(dtype_name(x))).eps))
     target = ep.minimum(eps, reachable_norm_unchecked(x, delta, p=p, lo=lo, hi=hi))
     lower = ep.zeros_like(eps)
     upper = _saturating_eta(x, delta, lo, hi)

@@ -24,7 +24,11 @@ class _Scale(nn.Module):
 
 
 def small_convnet(bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> fb.PyTorchModel:
-    """A deterministic tiny CNN for 3x32x32 inputs with 10 classes, in eval mode."""
+    """A deterministic tiny CNN for 3x32x32 inputs with 10 classes, in eval mode.
+
+    Weights are the default initialisation times 3, so its predictions vary
+    across images and small perturbations can change them.
+    """
     torch.manual_seed(seed)
     net = nn.Sequential(
         _Scale(*bounds),
@@ -32,10 +36,13 @@ def small_convnet(bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> fb
         nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1),
         nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
-        nn.Linear(64, 10),
+        nn.Linear(16 * 8 * 8, 10),
     ).eval()
+    with torch.no_grad():
+        for layer in net.modules():
+            if isinstance(layer, nn.Conv2d | nn.Linear):
+                layer.weight.mul_(3.0)
     fmodel = fb.PyTorchModel(net, bounds=bounds)
     fmodel.module = net  # type: ignore[attr-defined]  # for tests that inspect the network
     return fmodel
@@ -43,9 +50,7 @@ def small_convnet(bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> fb
 
 def cifar_batch(fmodel: fb.PyTorchModel, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` of foolbox's CIFAR-10 samples in ``fmodel.bounds``, labelled by ``fmodel``."""
-    images, _ = fb.utils.samples(
-        fmodel, dataset="cifar10", batchsize=n, bounds=tuple(fmodel.bounds)
-    )
+    images, _ = fb.utils.samples(fmodel, dataset="cifar10", batchsize=n, bounds=fmodel.bounds)
     with torch.no_grad():
         labels = fmodel(images).argmax(-1)
     return images, labels

@@ -1,0 +1,46 @@
+"""Named classifiers whose preprocessing is a layer, so attacks work in input space.
+
+>>> from car_attacks.models import load_model, model_spec
+>>> net = load_model("cifar10_resnet18")          # inputs in model_spec(...).bounds
+>>> net = load_model("torchvision:resnet18", weights="resnet18.pth")  # local file
+
+Weight files are always read with ``torch.load(..., weights_only=True)``.
+"""
+
+from .checkpoint import load_checkpoint, load_weights_into, normalize_state_dict
+from .cifar_resnet import CifarResNet, cifar_resnet18
+from .layers import IMAGENET_MEAN, IMAGENET_STD, Normalize, Preprocessed
+from .registry import (
+    MODELS,
+    TORCHVISION_PREFIX,
+    WEIGHTS_DIR,
+    ModelSpec,
+    WeightsUnavailableError,
+    list_models,
+    load_model,
+    model_spec,
+    packaged_weights,
+    register_model,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODELS",
+    "TORCHVISION_PREFIX",
+    "WEIGHTS_DIR",
+    "CifarResNet",
+    "ModelSpec",
+    "Normalize",
+    "Preprocessed",
+    "WeightsUnavailableError",
+    "cifar_resnet18",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "load_weights_into",
+    "model_spec",
+    "normalize_state_dict",
+    "packaged_weights",
+    "register_model",
+]
