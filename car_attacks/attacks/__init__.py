@@ -16,6 +16,22 @@ from .gradient import (
     LinfClippingAwareFastGradientAttack,
     LinfClippingAwarePGD,
 )
+from .noise import (
+    ClippingAwareAdditiveNoiseAttack,
+    ClippingAwareRepeatedAdditiveNoiseAttack,
+    L1ClippingAwareAdditiveGaussianNoiseAttack,
+    L1ClippingAwareAdditiveUniformNoiseAttack,
+    L1ClippingAwareRepeatedAdditiveGaussianNoiseAttack,
+    L1ClippingAwareRepeatedAdditiveUniformNoiseAttack,
+    L2ClippingAwareAdditiveGaussianNoiseAttack,
+    L2ClippingAwareAdditiveUniformNoiseAttack,
+    L2ClippingAwareRepeatedAdditiveGaussianNoiseAttack,
+    L2ClippingAwareRepeatedAdditiveUniformNoiseAttack,
+    LinfClippingAwareAdditiveGaussianNoiseAttack,
+    LinfClippingAwareAdditiveUniformNoiseAttack,
+    LinfClippingAwareRepeatedAdditiveGaussianNoiseAttack,
+    LinfClippingAwareRepeatedAdditiveUniformNoiseAttack,
+)
 from .rescale import RESCALINGS, Rescaling
 
 __all__ = [
@@ -31,4 +47,18 @@ __all__ = [
     "LinfClippingAwareFastGradientAttack",
     "LinfClippingAwarePGD",
     "Rescaling",
+    "ClippingAwareAdditiveNoiseAttack",
+    "ClippingAwareRepeatedAdditiveNoiseAttack",
+    "L1ClippingAwareAdditiveGaussianNoiseAttack",
+    "L1ClippingAwareAdditiveUniformNoiseAttack",
+    "L1ClippingAwareRepeatedAdditiveGaussianNoiseAttack",
+    "L1ClippingAwareRepeatedAdditiveUniformNoiseAttack",
+    "L2ClippingAwareAdditiveGaussianNoiseAttack",
+    "L2ClippingAwareAdditiveUniformNoiseAttack",
+    "L2ClippingAwareRepeatedAdditiveGaussianNoiseAttack",
+    "L2ClippingAwareRepeatedAdditiveUniformNoiseAttack",
+    "LinfClippingAwareAdditiveGaussianNoiseAttack",
+    "LinfClippingAwareAdditiveUniformNoiseAttack",
+    "LinfClippingAwareRepeatedAdditiveGaussianNoiseAttack",
+    "LinfClippingAwareRepeatedAdditiveUniformNoiseAttack",
 ]
