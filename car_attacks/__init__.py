@@ -9,13 +9,14 @@ The core maths (backend-neutral through EagerPy):
 """
 
 from .projection import project_lp_ball_box
-from .rescaling import METHODS, clipping_aware_rescaling, reachable_norm
+from .rescaling import METHODS, clipping_aware_rescaling, lp_norm, reachable_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
     "clipping_aware_rescaling",
+    "lp_norm",
     "project_lp_ball_box",
     "reachable_norm",
     "__version__",

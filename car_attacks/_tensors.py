@@ -120,4 +120,21 @@ def clip_to_bounds(v: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
 def room_along(x: ep.Tensor, delta: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
     """Distance from ``x`` to the box in the direction of ``delta``, per coordinate:
     ``r_i = hi_i - x_i`` if ``delta_i >= 0`` else ``x_i - lo_i`` (never negative)."""
-    return ep.maximum(ep.where(delta >= 0, hi - x, x - lo), 0.0)
+    room = select(delta >= 0, hi - x, x - lo)
+    return room.clip(0.0, math.inf)
+
+
+def _raw(v: Any) -> Any:
+    return v.raw if isinstance(v, ep.Tensor) else v
+
+
+def select(mask: ep.Tensor, a: ep.Tensor | float, b: ep.Tensor | float) -> ep.Tensor:
+    """``where(mask, a, b)`` where a float operand stays a scalar (EagerPy fills a
+    full-size tensor for it, one extra pass and copy on the hot path)."""
+    if isinstance(mask, ep.PyTorchTensor):
+        import torch
+
+        return ep.astensor(torch.where(mask.raw, _raw(a), _raw(b)))
+    if isinstance(mask, ep.NumPyTensor):
+        return ep.astensor(np.asarray(np.where(mask.raw, _raw(a), _raw(b))))
+    return ep.where(mask, a, b)

@@ -121,7 +121,8 @@ def project_l1(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound
         return clip_to_bounds(z, lo, hi)
     lam = ep.where(inside.reshape((-1, 1)), 0.0, l1_threshold(size, room, eps))
     magnitude = ep.minimum(ep.maximum(size - lam, 0.0), room)
-    return x0 + (w.sign() * magnitude).reshape(x0.shape)
+    # x0 + room can round one ulp past the bound; the clip only undoes that rounding
+    return clip_to_bounds(x0 + (w.sign() * magnitude).reshape(x0.shape), lo, hi)
 
 
 def l1_threshold(size: ep.Tensor, room: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:

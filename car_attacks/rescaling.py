@@ -44,7 +44,6 @@ import numpy as np
 from ._tensors import (
     Bound,
     batch_view,
-    clip_to_bounds,
     compute_dtype,
     dtype_name,
     flatten_batch,
@@ -52,6 +51,7 @@ from ._tensors import (
     lp_norms,
     needs_grad,
     room_along,
+    select,
     stop_gradient,
 )
 from .validation import as_bounds, as_eps, check_batch, check_in_bounds, check_same_shape, parse_p
@@ -137,6 +137,14 @@ def reachable_norm(x: Any, delta: Any, *, p: float | str = 2, bounds: Any = (0.0
     return restore(reachable_norm_unchecked(xc, dc, p=p_, lo=lo, hi=hi))
 
 
+def lp_norm(v: Any, p: float | str = 2) -> Any:
+    """Per-sample Lp norm of a batch ``(N, ...)``, shape ``(N,)``, same tensor type as ``v``."""
+    v_, restore = ep.astensor_(v)
+    p_ = parse_p(p)
+    check_batch(v_, "v")
+    return restore(lp_norms(compute_dtype(v_), p_))
+
+
 def reachable_norm_unchecked(
     x: ep.Tensor, delta: ep.Tensor, *, p: float, lo: Bound, hi: Bound
 ) -> ep.Tensor:
@@ -196,11 +204,24 @@ def solve_eta_with_info(
         raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
     if p == math.inf:
         return _linf_eta(x, delta, eps, lo, hi), SolveInfo(method, 0)
+    if p not in (1.0, 2.0) and dtype_name(x) != "float64":
+        # |delta|^p and r^p span p times the decades of the inputs: float32 underflows
+        # for large p and small eps, so these p are solved in float64.
+        eta, info = solve_eta_with_info(
+            x.float64(),
+            delta.float64(),
+            eps.float64(),
+            p=p,
+            lo=_f64(lo),
+            hi=_f64(hi),
+            method=method,
+        )
+        return eta.astype(x.dtype), info
 
     detached = _PowerProblem.build(
         stop_gradient(x), stop_gradient(delta), stop_gradient(eps), p, _sg(lo), _sg(hi)
     )
-    fallback = 0
+    fallback, unfinished = 0, None
     if method == "newton":
         t, active_sum, iterations, unfinished = _newton(detached, NEWTON_MAX_ITER)
         if unfinished is not None:
@@ -213,18 +234,23 @@ def solve_eta_with_info(
     if needs_grad(x, delta, eps, lo, hi):
         problem = _PowerProblem.build(x, delta, eps, p, lo, hi, reachable=detached.reachable)
         return problem.eta_from_saturation(t), info
-    if active_sum is None or fallback:
+    if active_sum is None:
         return detached.eta_from_saturation(t), info
-    return detached.eta_from_t(t, active_sum), info
+    eta = detached.eta_from_t(t, active_sum)
+    if unfinished is not None:  # the samples the sort solved
+        eta = ep.where(unfinished[:, 0], detached.eta_from_saturation(t), eta)
+    return eta, info
 
 
 @dataclass
 class _PowerProblem:
-    """``g(t) = sum_i min(t dp_i, rp_i) = E`` in normalised units, per sample (rows).
+    """``g(t) = sum_i min(t dp_i, rp_i) = E`` per sample (rows), with breakpoints ``bp = rp/dp``.
 
-    ``dp = (|delta| / d_scale)^p`` and ``rp = (r / r_scale)^p`` lie in [0, 1], so
-    large p neither overflows nor underflows the largest terms; ``eta`` is
-    ``t^(1/p) * r_scale / d_scale``.
+    ``dp = (|delta| / d_scale)^p`` and ``rp = (r / r_scale)^p``: the directions are
+    normalised by their largest entry (gradients can be tiny), and for p other than
+    1 and 2 the room too, so large p neither overflows nor underflows the largest
+    terms. ``eta = t^(1/p) * r_scale / d_scale``. Coordinates that do not move
+    (``delta_i = 0``) have ``rp = 0`` and ``bp = inf``: they never contribute.
     """
 
     x: ep.Tensor
@@ -234,9 +260,10 @@ class _PowerProblem:
     p: float
     dp: ep.Tensor  # (N, n)
     rp: ep.Tensor  # (N, n)
+    bp: ep.Tensor  # (N, n)
     target: ep.Tensor  # (N, 1): E = (eps / r_scale)^p, 0 where unreachable
-    d_scale: ep.Tensor  # (N, 1)
-    r_scale: ep.Tensor  # (N, 1)
+    d_scale: ep.Tensor | float  # (N, 1)
+    r_scale: ep.Tensor | float  # (N, 1)
     reachable: ep.Tensor  # (N, 1) bool
 
     @classmethod
@@ -252,25 +279,34 @@ class _PowerProblem:
     ) -> _PowerProblem:
         d = flatten_batch(delta).abs()
         room = flatten_batch(room_along(x, delta, lo, hi))
-        d_scale = _nonzero_or_one(d.max(axis=1, keepdims=True))
-        r_scale = _nonzero_or_one(room.max(axis=1, keepdims=True))
-        dp = _pow(d / d_scale, p)
-        rp = _pow(room / r_scale, p)
+        d_scale: ep.Tensor | float = 1.0
+        r_scale: ep.Tensor | float = 1.0
+        if p != 1:
+            d_scale = _nonzero_or_one(d.max(axis=1, keepdims=True))
+            d = d / d_scale
+        if p not in (1.0, 2.0):
+            r_scale = _nonzero_or_one(room.max(axis=1, keepdims=True))
+            room = room / r_scale
+        dp = _pow(d, p)
+        del d
+        moving = dp > 0
+        rp = select(moving, _pow(room, p), 0.0)
+        del room
+        bp = select(moving, rp / select(moving, dp, 1.0), math.inf)
         eps_col = eps.reshape((-1, 1))
         if reachable is None:
-            reach_norm = lp_norms(ep.where(d > 0, room, 0.0), p).reshape((-1, 1))
-            reachable = eps_col <= reach_norm
+            reachable = _pow(eps_col / r_scale, p) <= rp.sum(axis=1, keepdims=True)
         # Unreachable samples get target 0 (a trivially solved problem) before the
         # power, so neither the value nor its gradient can be inf or NaN.
-        target = _pow(ep.where(reachable, eps_col, 0.0) / r_scale, p)
-        return cls(x, delta, lo, hi, p, dp, rp, target, d_scale, r_scale, reachable)
+        target = _pow(select(reachable, eps_col, 0.0) / r_scale, p)
+        return cls(x, delta, lo, hi, p, dp, rp, bp, target, d_scale, r_scale, reachable)
 
     def saturation_sums(self, t: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
         """``C(t)`` (sum of ``rp`` over saturated coordinates) and ``S(t)`` (sum of ``dp`` over
-        the rest), both ``(N, 1)``; saturated means ``t dp_i >= rp_i``."""
-        saturated = t * self.dp >= self.rp
-        c = ep.where(saturated, self.rp, 0.0).sum(axis=1, keepdims=True)
-        s = ep.where(saturated, 0.0, self.dp).sum(axis=1, keepdims=True)
+        the rest), both ``(N, 1)``; saturated means ``bp_i <= t``."""
+        saturated = self.bp <= t
+        c = select(saturated, self.rp, 0.0).sum(axis=1, keepdims=True)
+        s = select(saturated, 0.0, self.dp).sum(axis=1, keepdims=True)
         return c, s
 
     def eta_from_saturation(self, t: ep.Tensor) -> ep.Tensor:
@@ -314,14 +350,14 @@ def _newton(
 def _sort_t(problem: _PowerProblem) -> ep.Tensor:
     """A ``t`` inside the segment of ``g`` that solves ``g(t) = E``, by sorting breakpoints."""
     dp, rp = problem.dp, problem.rp
-    moving = dp > 0
-    breakpoints = ep.where(moving, rp / _nonzero_or_one(dp), math.inf)
-    order = breakpoints.argsort(axis=1)
-    bp_sorted = breakpoints.take_along_axis(order, axis=1)
+    order = problem.bp.argsort(axis=1)
+    bp_sorted = problem.bp.take_along_axis(order, axis=1)
     dp_sorted = dp.take_along_axis(order, axis=1)
-    rp_sorted = ep.where(moving, rp, 0.0).take_along_axis(order, axis=1)
+    rp_sorted = rp.take_along_axis(order, axis=1)
     saturated_sum = ep.cumsum(rp_sorted, axis=1)
-    active_sum = ep.maximum(dp.sum(axis=1, keepdims=True) - ep.cumsum(dp_sorted, axis=1), 0.0)
+    # suffix sums by a reversed cumsum: "total - prefix" loses the small tail in float32
+    from_here = ep.flip(ep.cumsum(ep.flip(dp_sorted, axis=1), axis=1), axis=1)
+    active_sum = ep.concatenate([from_here[:, 1:], ep.zeros_like(from_here[:, :1])], axis=1)
     finite = bp_sorted < math.inf
     g_at_bp = ep.where(
         finite, saturated_sum + ep.where(finite, bp_sorted, 0.0) * active_sum, math.inf
@@ -332,7 +368,12 @@ def _sort_t(problem: _PowerProblem) -> ep.Tensor:
     s_prev = ep.where(
         k > 0, active_sum.take_along_axis(prev, axis=1), dp.sum(axis=1, keepdims=True)
     )
-    return (problem.target - c_prev) / _nonzero_or_one(s_prev)
+    on_segment = (problem.target - c_prev) / _nonzero_or_one(s_prev)
+    # Rounding can leave g just below E at the last breakpoint (E == max of g): then
+    # every moving coordinate saturates, at the largest finite breakpoint.
+    n_finite = finite.astype(order.dtype).sum(axis=1, keepdims=True)
+    largest = bp_sorted.take_along_axis(ep.maximum(n_finite - 1, 0), axis=1)
+    return ep.where(k >= n_finite, ep.where(n_finite > 0, largest, 0.0), on_segment)
 
 
 def _linf_eta(x: ep.Tensor, delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
@@ -355,27 +396,33 @@ def _bisection(
     rtol: float,
     max_steps: int,
 ) -> tuple[ep.Tensor, SolveInfo]:
-    """The iterative baseline: bisection on ``eta`` of the actual clipped norm.
+    """The iterative baseline: bisection on ``eta`` of the clipped norm.
 
     Finds the smallest ``eta`` whose clipped norm reaches ``min(eps, reachable)``
-    to a relative bracket width ``rtol``. Each step clips and takes a norm.
+    to a relative bracket width ``rtol``. Each step evaluates the norm of the
+    clipped change ``min(eta |delta_i|, r_i)`` (equal to ``clip(x + eta delta) - x``
+    but without the cancellation of ``x + eta delta - x`` in low precision).
     """
     x, delta, eps = stop_gradient(x), stop_gradient(delta), stop_gradient(eps)
     lo, hi = _sg(lo), _sg(hi)
     # a bracket narrower than a few ulps cannot be resolved in the input's dtype
     rtol = max(rtol, 4 * float(np.finfo(np.dtype(dtype_name(x))).eps))
-    target = ep.minimum(eps, reachable_norm_unchecked(x, delta, p=p, lo=lo, hi=hi))
+    speed = flatten_batch(delta).abs()
+    room = ep.where(speed > 0, flatten_batch(room_along(x, delta, lo, hi)), 0.0)
+    target = ep.minimum(eps, lp_norms(room, p))
     lower = ep.zeros_like(eps)
     upper = _saturating_eta(x, delta, lo, hi)
     trivial = ep.logical_or(target <= 0, upper <= 0)
+    done = trivial
     steps = 0
     for steps in range(1, max_steps + 1):  # noqa: B007 - the count is reported
         mid = (lower + upper) / 2
-        step = clip_to_bounds(x + batch_view(mid, x.ndim) * delta, lo, hi) - x
-        reached = lp_norms(step, p) >= target
-        upper = ep.where(reached, mid, upper)
-        lower = ep.where(reached, lower, mid)
-        if ep.logical_or(upper - lower <= rtol * upper, trivial).all().item():
+        reached = lp_norms(ep.minimum(mid.reshape((-1, 1)) * speed, room), p) >= target
+        # converged samples stay put, so a sample's result does not depend on the batch
+        upper = ep.where(ep.logical_and(reached, ep.logical_not(done)), mid, upper)
+        lower = ep.where(ep.logical_or(reached, done), lower, mid)
+        done = ep.logical_or(upper - lower <= rtol * upper, trivial)
+        if done.all().item():
             break
     eta = ep.where(trivial, 0.0, (lower + upper) / 2)
     return eta, SolveInfo("bisection", steps)
@@ -417,6 +464,10 @@ def _nonzero_or_one(t: ep.Tensor) -> ep.Tensor:
 
 def _safe_div(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
     return ep.where(b > 0, a / _nonzero_or_one(b), 0.0)
+
+
+def _f64(bound: Bound) -> Bound:
+    return bound if isinstance(bound, float) else bound.float64()
 
 
 def _sg(bound: Bound) -> Bound:

@@ -4,6 +4,7 @@ Every class takes ``rescaling="car" | "bisection" | "naive"``; see
 :mod:`car_attacks.attacks.rescale`.
 """
 
+from .boundary import ClippingAwareBoundaryAttack
 from .gradient import (
     ClippingAwareGradientAttack,
     L1ClippingAwareBasicIterativeAttack,
@@ -16,6 +17,7 @@ from .gradient import (
     LinfClippingAwareFastGradientAttack,
     LinfClippingAwarePGD,
 )
+from .hop_skip_jump import ClippingAwareHopSkipJump
 from .noise import (
     ClippingAwareAdditiveNoiseAttack,
     ClippingAwareRepeatedAdditiveNoiseAttack,
@@ -35,6 +37,8 @@ from .noise import (
 from .rescale import RESCALINGS, Rescaling
 
 __all__ = [
+    "ClippingAwareBoundaryAttack",
+    "ClippingAwareHopSkipJump",
     "RESCALINGS",
     "ClippingAwareGradientAttack",
     "L1ClippingAwareBasicIterativeAttack",

@@ -1,0 +1,1 @@
+"""Benchmarks of the library's numerical kernels (run via ``scripts/`` or ``car-attacks bench``)."""

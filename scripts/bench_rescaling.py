@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Benchmark clipping-aware rescaling (newton, sort, bisection, naive, paper's L2 sort).
+
+Thin wrapper around :func:`car_attacks.benchmarks.rescaling.main`; see ``--help``.
+Example: ``python scripts/bench_rescaling.py --out bench_results/rescaling.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from car_attacks.benchmarks.rescaling import main
+
+if __name__ == "__main__":
+    sys.exit(main())

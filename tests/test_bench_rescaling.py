@@ -1,0 +1,184 @@
+"""Tests of the rescaling benchmark: quick run, memory tracker, paper re-implementation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from foolbox.external.clipping_aware_rescaling import l2_clipping_aware_rescaling
+
+from car_attacks.benchmarks.memory import numpy_peak_bytes, torch_peak_bytes
+from car_attacks.benchmarks.paper_car import (
+    paper_l2_rescaling,
+    paper_l2_rescaling_numpy,
+    paper_l2_rescaling_torch,
+)
+from car_attacks.benchmarks.rescaling import (
+    EXACT_METHODS,
+    PAPER,
+    QUICK_SIZES,
+    VENDORED,
+    achieved_rel_errors,
+    main,
+)
+
+# ------------------------------------------------------------------ memory tracker
+
+
+def _three_temporaries(x: torch.Tensor) -> torch.Tensor:
+    a = x * 2
+    b = x + 1
+    c = x - 1
+    return torch.stack([a.sum(), b.sum(), c.sum()])  # a, b, c alive together; tiny result
+
+
+def _one_at_a_time(x: torch.Tensor) -> torch.Tensor:
+    s = x.new_zeros(())
+    for i in range(5):
+        s = s + (x * i).sum()  # each temporary is freed before the next one
+    return s
+
+
+def test_tracker_counts_simultaneous_temporaries() -> None:
+    x = torch.rand(256, 1024)
+    _, peak = torch_peak_bytes(lambda: _three_temporaries(x))
+    assert peak / x.nbytes == pytest.approx(3.0, abs=0.01)
+
+
+def test_tracker_subtracts_freed_storages() -> None:
+    x = torch.rand(256, 1024)
+    _, peak = torch_peak_bytes(lambda: _one_at_a_time(x))
+    assert peak / x.nbytes == pytest.approx(1.0, abs=0.01)
+
+
+def test_tracker_ignores_views_inplace_and_inputs() -> None:
+    x = torch.rand(256, 1024)
+
+    def fn() -> torch.Tensor:
+        y = x * 2  # one new storage
+        v = y.reshape(-1)[::2].view(-1, 2)  # views of it
+        v.add_(1)  # in place on a tracked storage
+        x.mul_(1.0)  # in place on an input
+        return v
+
+    out, peak = torch_peak_bytes(fn)
+    assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    assert peak / x.nbytes == pytest.approx(1.0, abs=0.01)
+
+
+def test_numpy_tracemalloc_known_allocation() -> None:
+    x = np.random.default_rng(0).random((256, 1024))
+
+    def fn() -> float:
+        a, b, c = x * 2, x + 1, x - 1
+        return float(a[0, 0] + b[0, 0] + c[0, 0])
+
+    _, peak = numpy_peak_bytes(fn)
+    assert peak / x.nbytes == pytest.approx(3.0, abs=0.05)
+
+
+# ------------------------------------------------------------------ paper re-implementation
+
+
+@pytest.mark.parametrize("eps", [0.05, 1.0, 4.0, 100.0])  # the last one is unreachable
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 2.0)])
+def test_paper_matches_foolbox_vendored(eps: float, bounds: tuple[float, float]) -> None:
+    rng = np.random.default_rng(int(eps * 100) + int(bounds[0]))
+    a, b = bounds
+    x = rng.uniform(a, b, size=(6, 3, 8, 8))
+    x[rng.random(x.shape) < 0.1] = b
+    x[rng.random(x.shape) < 0.1] = a
+    delta = rng.standard_normal(x.shape)
+    delta[rng.random(x.shape) < 0.05] = 0.0
+    ref = np.asarray(l2_clipping_aware_rescaling(x, delta, eps, a, b))
+    ours_np = paper_l2_rescaling_numpy(x, delta, eps, a, b)
+    ours_t = paper_l2_rescaling_torch(torch.from_numpy(x), torch.from_numpy(delta), eps, a, b)
+    assert ours_np.shape == ref.shape == (6, 1, 1, 1)
+    np.testing.assert_allclose(ours_np, ref, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ours_t.numpy(), ref, rtol=1e-6, atol=1e-12)
+    dispatched = paper_l2_rescaling(torch.from_numpy(x), torch.from_numpy(delta), eps, a, b)
+    np.testing.assert_allclose(dispatched.numpy(), ref, rtol=1e-6, atol=1e-12)
+
+
+def test_paper_reaches_eps() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, size=(5, 50))
+    x[:, :5] = 1.0
+    delta = rng.standard_normal(x.shape)
+    eps = np.array([0.3, 0.5, 1.0, 1.5, 2.0])
+    eta = paper_l2_rescaling_numpy(x, delta, eps)
+    moved = np.clip(x + eta * delta, 0, 1) - x
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), eps, rtol=1e-9)
+
+
+def test_achieved_rel_errors() -> None:
+    x = np.array([[0.5, 0.9], [0.0, 1.0]])
+    delta = np.array([[1.0, 1.0], [1.0, 1.0]])
+    eta = np.array([0.2, 0.5])
+    # moves: [0.2, 0.1] (second clipped at 1) and [0.5, 0.0]
+    np.testing.assert_allclose(
+        achieved_rel_errors(x, delta, eta, 0.3, 1.0), [0.0, 2 / 3], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        achieved_rel_errors(x, delta, eta, 0.5, math.inf), [0.6, 0.0], atol=1e-12
+    )
+
+
+# ------------------------------------------------------------------ quick benchmark run
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out: Path = tmp_path_factory.mktemp("bench") / "rescaling.json"
+    threads = torch.get_num_threads()
+    # one thread: immune to the OpenMP wake-up stalls of a loaded 2-core machine
+    args = ["--quick", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-progress"]
+    rc = main([*args, "--out", str(out)])
+    assert torch.get_num_threads() == threads  # restored
+    assert rc == 0
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_quick_json_has_all_rows(quick_result: dict[str, Any]) -> None:
+    rows = quick_result["rows"]
+    seen = {(r["backend"], r["size"], r["dtype"], r["p"], r["method"]) for r in rows}
+    for backend in ("torch", "numpy"):
+        for size in QUICK_SIZES:
+            for dtype in ("float32", "float64"):
+                for p in ("1", "2", "inf"):
+                    methods = {"newton", "sort", "bisection", "naive", "newton-api"}
+                    if p == "2":
+                        methods |= {PAPER, VENDORED}
+                    for m in methods:
+                        assert (backend, size, dtype, p, m) in seen
+    assert len(rows) == len(seen)
+    env = quick_result["environment"]
+    assert env["torch_num_threads"] == 1
+    for key in ("torch", "numpy", "eagerpy", "cpu_count", "platform"):
+        assert key in env
+    assert len(quick_result["targets"]) == 3
+    assert all(t["summary"].split()[0] in ("PASS", "FAIL", "N/A") for t in quick_result["targets"])
+
+
+def test_quick_errors_and_stats(quick_result: dict[str, Any]) -> None:
+    for r in quick_result["rows"]:
+        assert r["median_ms"] > 0 and math.isfinite(r["median_ms"])
+        assert len(r["times_ms"]) == 1
+        tol = 1e-5 if r["dtype"] == "float32" else 1e-12
+        if r["method"] in EXACT_METHODS:
+            assert r["max_rel_err"] <= tol, r
+        if r["method"] == "bisection":
+            assert r["max_rel_err"] <= 1e-6, r
+            assert r["steps"] is not None and r["steps"] >= 1
+            assert r["bisection_rtol"] is not None
+        if r["method"] == "naive" and r["p"] != "inf":
+            assert r["max_rel_err"] > 1e-3  # clipping matters at the chosen eps
+        if r["method"] == "newton":
+            assert r["ratio_vs_newton"] == pytest.approx(1.0)
+            assert r["peak_extra_mem"] is not None and r["peak_extra_mem"] > 0
