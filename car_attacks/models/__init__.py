@@ -7,6 +7,7 @@
 Weight files are always read with ``torch.load(..., weights_only=True)``.
 """
 
+from . import fashion_mnist  # noqa: F401  (registers the fashion_mnist_* models)
 from .checkpoint import load_checkpoint, load_weights_into, normalize_state_dict
 from .cifar_resnet import CifarResNet, cifar_resnet18
 from .layers import IMAGENET_MEAN, IMAGENET_STD, Normalize, Preprocessed
