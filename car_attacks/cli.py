@@ -1,0 +1,356 @@
+"""The ``car-attacks`` command: run experiments, rebuild reports, benchmark, list.
+
+Exit codes: 0 success; 1 a runtime failure (weights or data that cannot be
+loaded, units that failed); 2 a usage or config error (bad config, unknown
+model, data set or attack, a run directory of another config); 130 interrupted.
+Expected errors print one line, ``car-attacks: error: <reason>``, without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+PROG = "car-attacks"
+
+
+class _Failure(Exception):
+    """An expected failure: one line for the user and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _err(msg: str) -> None:
+    line = " ".join(str(msg).split())
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+def _info(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _default_out(name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .evaluation import load_config, resolve_config_path, run_experiment
+
+    path = resolve_config_path(args.config)
+    config, text = load_config(path)
+    out = Path(args.out) if args.out else _default_out(config.name)
+    if not args.quiet:
+        _info(f"config {path} -> {out}")
+    summary = run_experiment(
+        config,
+        out,
+        source_text=text,
+        progress=not args.no_progress and not args.quiet,
+        report=not args.no_report,
+        log=None if args.quiet else _info,
+    )
+    if not args.quiet:
+        _print_summary(summary.run_dir)
+        print(f"results: {summary.run_dir}")
+        for p in summary.report_paths:
+            print(f"report: {p}")
+        print(
+            f"units: {summary.units_run} run, {summary.units_skipped} already done, "
+            f"{summary.units_failed} failed, of {summary.units_total}; "
+            f"wall time {summary.wall_time_s:.1f} s"
+        )
+    if summary.units_failed:
+        raise _Failure(
+            f"{summary.units_failed} unit(s) failed (first: {summary.failures[0]}); "
+            f"see {summary.run_dir / 'errors.jsonl'}; rerun to retry them",
+            1,
+        )
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    report = run_dir / "report.json"
+    if report.is_file():
+        data = json.loads(report.read_text(encoding="utf-8"))
+        for line in data.get("headline", []):
+            print(f"  {line}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluation import build_report
+
+    run_dir = Path(args.dir)
+    if not run_dir.is_dir():
+        raise _Failure(f"no such run directory: {run_dir}", 2)
+    paths = build_report(run_dir)
+    if not args.quiet:
+        _print_summary(run_dir)
+        for p in paths:
+            print(f"report: {p}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .evaluation import load_config, resolve_config_path
+
+    for spec in args.configs:
+        path = resolve_config_path(spec)
+        config, _ = load_config(path)
+        n_units = len(config.attacks)
+        print(f"{path}: ok ({config.name}: {n_units} attack(s), {len(config.peers)} peer(s))")
+    return 0
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    try:
+        module = importlib.import_module("car_attacks.benchmarks.rescaling")
+    except ImportError as exc:
+        raise _Failure(f"the rescaling benchmark is not available: {exc}", 1) from None
+    entry = getattr(module, "main", None)
+    if not callable(entry):
+        raise _Failure("car_attacks.benchmarks.rescaling has no main()", 1)
+    old = sys.argv[0]
+    sys.argv[0] = f"{PROG} bench"  # argparse takes its prog from argv[0]
+    try:
+        rc = entry(list(argv))
+    finally:
+        sys.argv[0] = old
+    return int(rc or 0)
+
+
+def _listing() -> dict[str, Any]:
+    from .evaluation import registry
+    from .evaluation.configs import DEFAULT_CONFIG, shipped_configs
+
+    def guard(fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # one broken registry must not hide the others
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    models = guard(registry.model_entries)
+    datasets = guard(registry.dataset_entries)
+    configs = []
+    model_ok = {m["name"]: m for m in models} if isinstance(models, list) else {}
+    for name, path in shipped_configs().items():
+        entry: dict[str, Any] = {"name": name, "path": str(path), "default": name == DEFAULT_CONFIG}
+        try:
+            from .evaluation import load_config
+
+            cfg, _ = load_config(path)
+        except Exception as exc:
+            entry.update(available=False, reason=str(exc))
+        else:
+            reasons = []
+            m = model_ok.get(cfg.model.name)
+            if cfg.model.weights is None and (m is None or not m["available"]):
+                reasons.append(m["reason"] if m else f"model {cfg.model.name} needs weights")
+            ok, why = registry.dataset_available(cfg.data.name, cfg.data.root)
+            if not ok:
+                reasons.append(why)
+            entry.update(
+                model=cfg.model.name,
+                data=cfg.data.name,
+                available=not reasons,
+                reason="; ".join(reasons),
+            )
+        configs.append(entry)
+    attacks = guard(lambda: [a.__dict__ for a in registry.attack_entries()])
+    peers = guard(lambda: [a.__dict__ for a in registry.peer_entries()])
+    return {
+        "models": models,
+        "datasets": datasets,
+        "attacks": attacks,
+        "peers": peers,
+        "configs": configs,
+    }
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no "
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    data = _listing()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    out: list[str] = []
+
+    def section(title: str, items: Any, fmt: Any) -> None:
+        out.append(title)
+        if isinstance(items, dict):
+            out.append(f"  unavailable: {items['error']}")
+        else:
+            out.extend(fmt(i) for i in items)
+        out.append("")
+
+    def avail(i: dict[str, Any]) -> str:
+        return f"offline: {_yes(i['available'])}"
+
+    section(
+        "Models (model.name; offline = usable here without a download):",
+        data["models"],
+        lambda i: (
+            f"  {i['name']:<30} {avail(i)}  {i['description']}"
+            + ("" if i["available"] else f"\n  {'':<30} -> {i['reason']}")
+        ),
+    )
+    section(
+        "Data sets (data.name):",
+        data["datasets"],
+        lambda i: (
+            f"  {i['name']:<30} {avail(i)}  {i['description']}"
+            + ("" if i["available"] else f"\n  {'':<30} -> {i['reason']}")
+        ),
+    )
+    section(
+        "Attacks (attacks[].class; each runs with rescaling car | bisection | naive):",
+        data["attacks"],
+        lambda i: f"  {i['name']:<48} {i['norm']:<5} {i['kind']}",
+    )
+    section(
+        "Peers (peers[].library / class; compared on the same axes as an attack):",
+        data["peers"],
+        lambda i: f"  {i['source']:<10} {i['name']:<44} {i['norm']:<10} {i['kind']}",
+    )
+    section(
+        "Configs (car-attacks run NAME):",
+        data["configs"],
+        lambda i: (
+            f"  {i['name'] + (' (default)' if i['default'] else ''):<40} "
+            f"offline: {_yes(i['available'])}  {i.get('model', '')} on {i.get('data', '')}"
+            + (f"\n  {'':<40} -> {i['reason']}" if not i["available"] else "")
+        ),
+    )
+    print("\n".join(out).rstrip("\n"))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Adversarial attacks that are exact about perturbation size: run attack "
+        "experiments comparing clipping-aware rescaling (CAR) with the bisection baseline and "
+        "naive rescaling, and write a robustness report.",
+        epilog="Start with: car-attacks run  (the default CIFAR-10 config, offline, a few "
+        "minutes on a laptop CPU). Exit codes: 0 ok, 1 runtime failure, 2 usage/config error.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "run",
+        help="run an experiment config and write results and a report",
+        description="Run an experiment from a YAML config and write per-sample results and a "
+        "report (report.json, report.md, report.html) to DIR. Rerunning with the same config "
+        "and --out resumes an interrupted run and redoes only the missing work.",
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        metavar="CONFIG",
+        help="a YAML config file or the name of a shipped config (see `car-attacks list`); "
+        "default: cifar10_resnet18",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run directory (default: runs/<config name>-<date>-<time>)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="store results only")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="rebuild the report of a run directory from its stored results",
+        description="Rebuild report.json, report.md, report.html and figures/ of a run "
+        "directory from its stored results (also for an incomplete run).",
+    )
+    p.add_argument("dir", metavar="DIR", help="a run directory written by `car-attacks run`")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=cmd_report)
+
+    sub.add_parser(
+        "bench",
+        help="the rescaling benchmark (CAR vs bisection vs naive); "
+        "`car-attacks bench --help` for its options",
+        add_help=False,
+    )
+
+    p = sub.add_parser(
+        "list",
+        help="named models, data sets, attacks, peers and configs, and which work offline",
+        description="List the named models, data sets, attack classes, peers and shipped "
+        "configs, and whether each is usable offline on this machine.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "validate",
+        help="check config files without running them",
+        description="Parse and check config files (keys, types, model, data set, attack "
+        "classes and parameters) without loading weights or data.",
+    )
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="config files or shipped names")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``car-attacks`` console script; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    from .evaluation.config import ConfigError
+    from .evaluation.runner import ExperimentError
+    from .evaluation.storage import RunDirError
+
+    try:
+        if args_list and args_list[0] == "bench":
+            return cmd_bench(args_list[1:])
+        args = build_parser().parse_args(args_list)
+        rc: int = args.func(args)
+        return rc
+    except ConfigError as exc:
+        _err(str(exc))
+        return 2
+    except RunDirError as exc:
+        _err(str(exc))
+        return 2
+    except _Failure as exc:
+        _err(str(exc))
+        return exc.code
+    except ExperimentError as exc:
+        _err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _err("interrupted; rerun the same command (same config and --out) to resume")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""A run directory: manifest, config, per-sample results as JSON Lines, atomic writes.
+
+Layout::
+
+    DIR/manifest.json        format, config name and hash, environment, sessions, status
+    DIR/config.yaml          the normalised config (what the hash is computed from)
+    DIR/config.source.yaml   the config file as given (with its comments)
+    DIR/results/*.jsonl      one file per method; one line per finished unit of work
+    DIR/errors.jsonl         units that raised (they are not stored as results: a rerun
+                             retries them)
+    DIR/report.{json,md,html}, DIR/figures/*.png
+
+Every result line is appended, flushed and fsync'd as soon as it is produced; a
+line cut short by a kill is dropped on the next open, so a rerun redoes exactly
+the units that have no complete line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT",
+    "RunDirError",
+    "RunStore",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "unit_key",
+]
+
+FORMAT = "car-attacks-run/1"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (another config's run, not a run dir, locked)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def unit_key(method: str, batch: int, eps: list[float] | tuple[float, ...]) -> str:
+    """Identity of a unit of work: method, batch and the eps it covers."""
+    return f"{method}|{batch}|" + ",".join(repr(float(e)) for e in eps)
+
+
+def _safe_name(method: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "__", method)
+
+
+class RunStore:
+    """Read and append the results of one run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self.results_dir = self.dir / "results"
+        self.manifest_path = self.dir / "manifest.json"
+        self.errors_path = self.dir / "errors.jsonl"
+
+    # -- manifest ----------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(
+                f"{self.dir} is not a car-attacks run directory (no manifest.json)"
+            ) from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"cannot read {self.manifest_path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise RunDirError(f"{self.manifest_path} is not a {FORMAT} manifest")
+        return data
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the directory for the duration of a run (POSIX only)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            yield
+            return
+        with open(self.dir / ".lock", "w") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise RunDirError(f"another process is running in {self.dir}") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def path_for(self, method: str) -> Path:
+        return self.results_dir / f"{_safe_name(method)}.jsonl"
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record to its method's file; fsync before returning."""
+        self._append(self.path_for(str(record["method"])), record)
+
+    def append_error(self, record: dict[str, Any]) -> None:
+        self._append(self.errors_path, record)
+
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def repair(self) -> int:
+        """Drop incomplete trailing lines (a kill during a write); returns how many."""
+        dropped = 0
+        for path in sorted(self.results_dir.glob("*.jsonl")) if self.results_dir.is_dir() else []:
+            data = path.read_bytes()
+            good_end = 0
+            pos = 0
+            while pos < len(data):
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    break
+                try:
+                    json.loads(data[pos:nl])
+                except json.JSONDecodeError:
+                    break
+                good_end = nl + 1
+                pos = nl + 1
+            if good_end < len(data):
+                dropped += 1
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+                    f.flush()
+                    os.fsync(f.fileno())
+        return dropped
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete result record; for a unit stored twice the last one wins."""
+        by_key: dict[str, dict[str, Any]] = {}
+        if not self.results_dir.is_dir():
+            return []
+        for path in sorted(self.results_dir.glob("*.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if not line.endswith("\n"):
+                        break  # cut short; repair() removes it before a run appends
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(rec, dict) and "method" in rec:
+                        by_key[unit_key(rec["method"], rec["batch"], rec["eps"])] = rec
+        return list(by_key.values())
+
+    def errors(self) -> list[dict[str, Any]]:
+        if not self.errors_path.is_file():
+            return []
+        out = []
+        with open(self.errors_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return out
+
+    def done_keys(self) -> set[str]:
+        return {unit_key(r["method"], r["batch"], r["eps"]) for r in self.records()}
