@@ -53,7 +53,7 @@ from foolbox.attacks.blended_noise import LinearSearchBlendedUniformNoiseAttack
 from foolbox.distances import l2
 
 from .._tensors import batch_view, clip_to_bounds, flatten_batch, lp_norms
-from .rescale import Rescaling, check_rescaling, rescale_eta
+from .rescale import Rescaling, check_rescaling, model_bounds, rescale_eta
 from .sampling import draw
 
 IsAdversarial = Callable[[ep.Tensor], ep.Tensor]
@@ -61,12 +61,6 @@ Box = tuple[float, float]
 
 INIT_STREAM = 2**31
 """First random stream of the seeded initialisation (attack steps use streams below it)."""
-
-
-def model_bounds(model: Model) -> Box:
-    """The model's input bounds as two floats."""
-    lo, hi = model.bounds
-    return float(lo), float(hi)
 
 
 def blended_noise_init(

@@ -45,7 +45,14 @@ from foolbox.models import Model
 
 from .._tensors import Bound, batch_view, flatten_batch, lp_norms, room_along
 from .gradients import LossFn, cross_entropy_loss, loss_logits_and_grad
-from .rescale import Rescaling, check_rescaling, clipped_step, project, rescale_eta
+from .rescale import (
+    Rescaling,
+    check_rescaling,
+    clipped_step,
+    model_bounds,
+    project,
+    rescale_eta,
+)
 from .sampling import draw
 
 Bounds = tuple[Bound, Bound]
@@ -161,7 +168,7 @@ class ClippingAwareGradientAttack(FixedEpsilonAttack):
             ascent_sign, classes = -1.0, criterion_.target_classes
         else:
             raise ValueError(f"unsupported criterion {criterion_!r}")
-        bounds: Bounds = (float(model.bounds.lower), float(model.bounds.upper))
+        bounds: Bounds = model_bounds(model)
         n = x0.shape[0]
         eps = ep.full(x0, (n,), float(epsilon))
         stepsize = ep.full(

@@ -62,8 +62,8 @@ from foolbox.attacks.base import (
 from foolbox.distances import LpDistance, l2, linf
 
 from .._tensors import batch_view, flatten_batch, lp_norms
-from .boundary import Box, DecisionBasedAttack, IsAdversarial, model_bounds
-from .rescale import Rescaling, clipped_step
+from .boundary import Box, DecisionBasedAttack, IsAdversarial
+from .rescale import Rescaling, clipped_step, model_bounds
 from .sampling import Distribution, draw
 
 Constraint = Literal["l2", "linf"]

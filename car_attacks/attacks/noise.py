@@ -50,7 +50,7 @@ from foolbox.attacks.base import (
 from foolbox.distances import LpDistance
 
 from .._tensors import batch_view, stop_gradient
-from .rescale import Rescaling, check_rescaling, clipped_step
+from .rescale import Rescaling, check_rescaling, clipped_step, model_bounds
 from .sampling import Distribution, draw
 
 __all__ = [
@@ -139,7 +139,7 @@ class ClippingAwareAdditiveNoiseAttack(FixedEpsilonAttack):
         verify_input_bounds(x, model)
         with _no_grad(x):
             eps = _eps_tensor(x, epsilon)
-            result = self.perturb(x, self.sample_noise(x, 0), eps, _bounds(model))
+            result = self.perturb(x, self.sample_noise(x, 0), eps, model_bounds(model))
         return restore_type(result)
 
 
@@ -185,7 +185,7 @@ class ClippingAwareRepeatedAdditiveNoiseAttack(ClippingAwareAdditiveNoiseAttack)
         del inputs, criterion, kwargs
         x = stop_gradient(x)
         verify_input_bounds(x, model)
-        bounds = _bounds(model)
+        bounds = model_bounds(model)
         with _no_grad(x):
             eps = _eps_tensor(x, epsilon)
             result = x
@@ -202,10 +202,6 @@ class ClippingAwareRepeatedAdditiveNoiseAttack(ClippingAwareAdditiveNoiseAttack)
                 result = ep.where(batch_view(new, x.ndim), candidate, result)
                 found = ep.logical_or(found, is_adv)
         return restore_type(result)
-
-
-def _bounds(model: Model) -> tuple[float, float]:
-    return float(model.bounds.lower), float(model.bounds.upper)
 
 
 def _eps_tensor(x: ep.Tensor, epsilon: float) -> ep.Tensor:

@@ -13,6 +13,7 @@ import math
 from typing import Literal
 
 import eagerpy as ep
+from foolbox.models import Model
 
 from .._tensors import Bound, batch_view, clip_to_bounds, flatten_batch, lp_norms
 from ..projection import project_l1, project_l2, project_linf
@@ -23,6 +24,12 @@ RESCALINGS: tuple[str, ...] = ("car", "bisection", "naive")
 _SOLVER = {"car": "newton", "bisection": "bisection", "naive": "naive"}
 BISECTION_RTOL = 1e-7
 """Bracket width of the bisection baseline; gives clipped norms within ~1e-7 relative."""
+
+
+def model_bounds(model: Model) -> tuple[float, float]:
+    """A foolbox model's input bounds as two floats (the box every attack clips to)."""
+    lo, hi = model.bounds
+    return float(lo), float(hi)
 
 
 def check_rescaling(rescaling: str) -> Rescaling:
