@@ -123,6 +123,30 @@ class DecisionBasedAttack(MinimizationAttack):
         self.rescaling: Rescaling = check_rescaling(rescaling)
         self.seed = seed
 
+    def start(
+        self,
+        model: Model,
+        originals: ep.Tensor,
+        criterion: Any,
+        *,
+        early_stop: float | None,
+        starting_points: Any,
+    ) -> tuple[IsAdversarial, Box, ep.Tensor]:
+        """The common start of ``run``: checks the inputs, and returns the adversarial
+        test, the model's bounds and the adversarial starting points."""
+        verify_input_bounds(originals, model)
+        criterion_ = get_criterion(criterion)
+        is_adversarial = get_is_adversarial(criterion_, model)
+        advs = self.initialize(
+            model,
+            originals,
+            criterion_,
+            is_adversarial,
+            early_stop=early_stop,
+            starting_points=starting_points,
+        )
+        return is_adversarial, model_bounds(model), advs
+
     def initialize(
         self,
         model: Model,
@@ -261,18 +285,8 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         raise_if_kwargs(kwargs)
         originals, restore_type = ep.astensor_(inputs)
         del inputs, kwargs
-        verify_input_bounds(originals, model)
-        criterion_ = get_criterion(criterion)
-        is_adversarial = get_is_adversarial(criterion_, model)
-        bounds = model_bounds(model)
-
-        best_advs = self.initialize(
-            model,
-            originals,
-            criterion_,
-            is_adversarial,
-            early_stop=early_stop,
-            starting_points=starting_points,
+        is_adversarial, bounds, best_advs = self.start(
+            model, originals, criterion, early_stop=early_stop, starting_points=starting_points
         )
         del starting_points
 

@@ -54,16 +54,13 @@ from foolbox.attacks.base import (
     MinimizationAttack,
     Model,
     T,
-    get_criterion,
-    get_is_adversarial,
     raise_if_kwargs,
-    verify_input_bounds,
 )
 from foolbox.distances import LpDistance, l2, linf
 
 from .._tensors import batch_view, flatten_batch, lp_norms
 from .boundary import Box, DecisionBasedAttack, IsAdversarial
-from .rescale import Rescaling, clipped_step, model_bounds
+from .rescale import Rescaling, clipped_step
 from .sampling import Distribution, draw
 
 Constraint = Literal["l2", "linf"]
@@ -155,18 +152,8 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         raise_if_kwargs(kwargs)
         originals, restore_type = ep.astensor_(inputs)
         del inputs, kwargs
-        verify_input_bounds(originals, model)
-        criterion_ = get_criterion(criterion)
-        is_adversarial = get_is_adversarial(criterion_, model)
-        bounds = model_bounds(model)
-
-        x_advs = self.initialize(
-            model,
-            originals,
-            criterion_,
-            is_adversarial,
-            early_stop=early_stop,
-            starting_points=starting_points,
+        is_adversarial, bounds, x_advs = self.start(
+            model, originals, criterion, early_stop=early_stop, starting_points=starting_points
         )
         del starting_points
         x_advs = self.binary_search(is_adversarial, originals, x_advs)
