@@ -18,6 +18,15 @@ Definitions
       minimization attacks report the smallest perturbation they found (<= eps).
     * runtime: wall time of the attack calls; queries: rows of input the model's
       forward saw during them, per sample and eps.
+    * certified models (``ModelSpec.certified``, e.g. BCOP networks): certified robust
+      accuracy at eps is the share of samples classified correctly whose certified
+      radius is ``>= eps`` -- a lower bound on the robust accuracy under *any* attack.
+      The L2 radius ``r = margin / (sqrt(2) L)`` certifies the L1 ball of radius ``r``
+      (``||d||_2 <= ||d||_1``) and the L-inf ball of radius ``r / sqrt(n)`` for ``n``
+      input components. The *gap* is empirical minus certified robust accuracy; the
+      *soundness column* counts attack results that change the prediction from inside
+      the certified L2 ball (:func:`car_attacks.soundness.check_soundness`): any count
+      above zero means the certificate or the attack's norm bookkeeping is wrong.
 """
 
 from __future__ import annotations
@@ -79,6 +88,9 @@ class _MethodData:
     units: int = 0
     # minimization attacks: sample index -> (adversarial, l1, l2, linf) of what was found
     found: dict[int, tuple[bool, float, float, float]] = field(default_factory=dict)
+    # certified models, per eps index: sample index -> result beats the certificate
+    violations: list[dict[int, bool]] = field(default_factory=list)
+    found_violations: dict[int, bool] = field(default_factory=dict)
 
 
 def _finite(v: float | None, digits: int = 6) -> float | None:
@@ -93,6 +105,12 @@ def _quantile(sorted_vals: list[float], q: float) -> float:
     pos = q * (len(sorted_vals) - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def certified_lp_radius(radius: float, norm: str, input_size: int) -> float:
+    """The Lp radius certified by an L2 radius: ``r`` for L1 and L2, ``r / sqrt(n)`` for
+    L-inf (``||d||_2 <= ||d||_1`` and ``||d||_2 <= sqrt(n) ||d||_inf``)."""
+    return radius / math.sqrt(input_size) if norm == "linf" else radius
 
 
 def _load(run_dir: Path) -> tuple[ExperimentConfig, dict[str, Any], str, RunStore]:
@@ -124,6 +142,9 @@ def compute_report(
             m["key"], m["attack"], m["variant"], m["cls"], m["kind"], m.get("library", "")
         )
         methods[m["key"]].samples = [{} for _ in config.attack(m["attack"]).eps]
+        methods[m["key"]].violations = [{} for _ in config.attack(m["attack"]).eps]
+    radius: dict[int, float] = {}
+    certificate: dict[str, Any] | None = None
     done_keys = set()
     for rec in records:
         done_keys.add(unit_key(rec["method"], rec["batch"], rec["eps"]))
@@ -131,6 +152,14 @@ def compute_report(
             for i, c, lab in zip(rec["indices"], rec["correct"], rec["labels"], strict=True):
                 clean[int(i)] = bool(c)
                 labels[int(i)] = int(lab)
+            if "radius" in rec:
+                certificate = {
+                    "norm": "l2",
+                    "lipschitz": float(rec["lipschitz"]),
+                    "input_size": int(rec["input_size"]),
+                }
+                for i, r in zip(rec["indices"], rec["radius"], strict=True):
+                    radius[int(i)] = float(r)
             continue
         md = methods.get(rec["method"])
         if md is None:
@@ -150,6 +179,8 @@ def compute_report(
                     float(f["l2"][k]),
                     float(f["linf"][k]),
                 )
+                if "violation" in f:
+                    md.found_violations[int(i)] = bool(f["violation"][k])
         for j, e in enumerate(rec["eps"]):
             if e not in eps_grid:
                 continue
@@ -161,6 +192,8 @@ def compute_report(
                     float(rec["l2"][j][k]),
                     float(rec["linf"][j][k]),
                 )
+                if "violation" in rec:
+                    md.violations[eps_grid.index(e)][int(i)] = bool(rec["violation"][j][k])
 
     n_clean = len(clean)
     n_correct = sum(clean.values())
@@ -171,6 +204,11 @@ def compute_report(
         norm_pos = {"l1": 1, "l2": 2, "linf": 3}[a.norm]
         entries = []
         ratios[a.id] = {}
+        certified = (
+            _certified_accuracy(clean, radius, a.norm, a.eps, certificate["input_size"])
+            if certificate is not None
+            else None
+        )
         for md in (m for m in methods.values() if m.attack == a.id):
             robust, success_rate, counts = [], [], []
             ratio_stats: dict[str, list[float | None]] = {
@@ -224,6 +262,20 @@ def compute_report(
             if md.kind == "minimization":
                 ratios[a.id][md.key] = [found_vals]
             se = md.sample_eps
+            soundness = (
+                {
+                    "checked": [len(v) for v in md.violations],
+                    "violations": [sum(v.values()) for v in md.violations],
+                    "found_checked": len(md.found_violations),
+                    "found_violations": sum(md.found_violations.values()),
+                    "gap": [
+                        _finite(r - c) if r is not None and c is not None else None
+                        for r, c in zip(robust, certified, strict=True)
+                    ],
+                }
+                if certified is not None
+                else None
+            )
             entries.append(
                 {
                     "key": md.key,
@@ -243,6 +295,7 @@ def compute_report(
                     "cpu_s": _finite(md.cpu_s, 4),
                     "ms_per_sample_eps": _finite(1e3 * md.time_s / se, 3) if se else None,
                     "queries_per_sample_eps": _finite(md.queries / se, 2) if se else None,
+                    "certificate": soundness,
                 }
             )
         attacks_out.append(
@@ -253,6 +306,7 @@ def compute_report(
                 "eps": list(a.eps),
                 "params": a.params,
                 "kind": next((m["kind"] for m in entries), None),
+                "certified_robust_accuracy": certified,
                 "methods": entries,
             }
         )
@@ -280,6 +334,7 @@ def compute_report(
             "correct": n_correct,
             "evaluated": n_clean,
         },
+        "certificate": _certificate_summary(certificate, radius, attacks_out),
         "attacks": attacks_out,
         "run": {
             "status": manifest.get("status"),
@@ -299,6 +354,54 @@ def compute_report(
     }
     report["headline"] = _headline(report)
     return report, ratios
+
+
+def _certified_accuracy(
+    clean: dict[int, bool],
+    radius: dict[int, float],
+    norm: str,
+    eps: tuple[float, ...],
+    input_size: int,
+) -> list[float | None]:
+    """Per eps: share of the evaluated samples that are correct with radius >= eps."""
+    idx = [i for i in clean if i in radius]
+    if not idx:
+        return [None for _ in eps]
+    return [
+        _finite(
+            sum(clean[i] and certified_lp_radius(radius[i], norm, input_size) >= e for i in idx)
+            / len(idx)
+        )
+        for e in eps
+    ]
+
+
+def _certificate_summary(
+    certificate: dict[str, Any] | None, radius: dict[int, float], attacks: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Lipschitz bound, radius statistics and the soundness totals over every attack."""
+    if certificate is None:
+        return None
+    vals = sorted(radius.values())
+    checked = violations = 0
+    offenders = []
+    for a in attacks:
+        for m in a["methods"]:
+            c = m["certificate"]
+            n_bad = sum(c["violations"]) + c["found_violations"]
+            checked += sum(c["checked"]) + c["found_checked"]
+            violations += n_bad
+            if n_bad:
+                offenders.append(f"{a['id']}:{m['key']}")
+    return dict(
+        certificate,
+        samples=len(vals),
+        radius_median=_finite(_quantile(vals, 0.5)) if vals else None,
+        radius_max=_finite(vals[-1]) if vals else None,
+        results_checked=checked,
+        violations=violations,
+        violating_methods=offenders,
+    )
 
 
 def expected_figures(config: ExperimentConfig) -> list[dict[str, str]]:
@@ -338,6 +441,48 @@ def _eps_str(e: float) -> str:
     return f"{e:.4g}"
 
 
+def _lowest_empirical(a: dict[str, Any], j: int) -> tuple[float | None, str]:
+    """The lowest robust accuracy any method of attack ``a`` reached at eps index ``j``."""
+    vals = [(m["robust_accuracy"][j], m["key"]) for m in a["methods"]]
+    present = [(v, k) for v, k in vals if v is not None]
+    return min(present, key=lambda t: t[0]) if present else (None, "")
+
+
+def _certificate_headline(report: dict[str, Any]) -> list[str]:
+    cert = report.get("certificate")
+    if not cert:
+        return []
+    lines = [
+        f"Certified model: Lipschitz bound {cert['lipschitz']:.4g}, median certified L2 radius "
+        f"{_fmt(cert['radius_median'], '.3g')} (margin / (sqrt(2) L))."
+    ]
+    for a in report["attacks"]:
+        parts = []
+        for j, e in enumerate(a["eps"]):
+            low, _ = _lowest_empirical(a, j)
+            parts.append(
+                f"eps {_eps_str(e)}: {_pct(a['certified_robust_accuracy'][j])} / {_pct(low)}"
+            )
+        lines.append(
+            f"{a['id']} ({_P_NAME[a['norm']]}): certified / lowest empirical robust accuracy "
+            + ", ".join(parts)
+            + "."
+        )
+    if cert["violations"]:
+        lines.append(
+            f"SOUNDNESS VIOLATED: {cert['violations']} of {cert['results_checked']} attack "
+            "results change the prediction from inside the certified radius ("
+            + ", ".join(cert["violating_methods"])
+            + "): the certificate or an attack's norm bookkeeping is wrong."
+        )
+    else:
+        lines.append(
+            f"Soundness: none of the {cert['results_checked']} attack results checked changes "
+            "the prediction from inside its sample's certified radius."
+        )
+    return lines
+
+
 def _headline(report: dict[str, Any]) -> list[str]:
     lines = []
     c = report["clean"]
@@ -345,6 +490,7 @@ def _headline(report: dict[str, Any]) -> list[str]:
         f"Clean accuracy of {report['model']['name']} on {c['evaluated']} samples of "
         f"{report['data']['name']}: {_pct(c['accuracy'])} ({c['correct']}/{c['evaluated']})."
     )
+    lines += _certificate_headline(report)
     for a in report["attacks"]:
         j = len(a["eps"]) - 1
         parts = [f"{m['label']} {_pct(m['robust_accuracy'][j])}" for m in a["methods"]]
@@ -441,6 +587,22 @@ def _robust_figure(a: dict[str, Any], clean_acc: float | None) -> bytes:
         peer_i += int(m["peer"])
         ys = [math.nan if v is None else 100 * v for v in m["robust_accuracy"]]
         ax.plot(eps, ys, label=m["label"], **style)
+    certified = a.get("certified_robust_accuracy")
+    if certified is not None:
+        cs = [math.nan if v is None else 100 * v for v in certified]
+        lows = [_lowest_empirical(a, j)[0] for j in range(len(eps))]
+        ls = [math.nan if v is None else 100 * v for v in lows]
+        ax.plot(
+            eps,
+            cs,
+            color="black",
+            marker="*",
+            linewidth=2,
+            markersize=9,
+            zorder=6,
+            label="certified (lower bound)",
+        )
+        ax.fill_between(eps, cs, ls, color="0.6", alpha=0.25, zorder=1, label="gap")
     if clean_acc is not None:
         ax.axhline(100 * clean_acc, color="0.5", linestyle=":", linewidth=1, label="clean")
     ax.set_xlabel(f"eps ({_P_NAME[a['norm']]} norm, model input units)")
@@ -619,6 +781,21 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return str(v)
 
 
+def _certified_table(a: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    rows = []
+    for j, e in enumerate(a["eps"]):
+        cert = a["certified_robust_accuracy"][j]
+        low, by = _lowest_empirical(a, j)
+        gap = None if cert is None or low is None else 100 * (low - cert)
+        rows.append([_eps_str(e), _pct(cert), _pct(low), by or "n/a", _fmt(gap, "+.1f")])
+    return (
+        f"Certified vs empirical robust accuracy, {a['id']} (eps in {_P_NAME[a['norm']]}; "
+        "gap = lowest empirical - certified, in percentage points)",
+        ["eps", "certified", "lowest empirical", "lowest by", "gap"],
+        rows,
+    )
+
+
 def _tables(report: dict[str, Any]) -> dict[str, Any]:
     """Every table of the report as (caption, header, rows) -- shared by HTML and Markdown."""
     t: dict[str, Any] = {}
@@ -641,6 +818,13 @@ def _tables(report: dict[str, Any]) -> dict[str, Any]:
         rows = [
             [m["label"], m["class"]] + [_pct(v) for v in m["robust_accuracy"]] for m in a["methods"]
         ]
+        if report.get("certificate"):
+            header.append("certificate violations")
+            for row, m in zip(rows, a["methods"], strict=True):
+                c = m["certificate"]
+                bad = sum(c["violations"]) + c["found_violations"]
+                row.append(f"{bad} / {sum(c['checked']) + c['found_checked']}")
+            t[f"certified-{a['id']}"] = _certified_table(a)
         t[f"robust-{a['id']}"] = (
             f"Robust accuracy, {a['id']} (eps in {_P_NAME[a['norm']]})",
             header,
@@ -757,6 +941,18 @@ _HOW_TO_READ = (
 )
 
 
+_HOW_TO_READ_CERTIFIED = (
+    "This model is <b>certified</b>: its Lipschitz bound L turns each sample's logit margin "
+    "into a radius r = margin / (sqrt(2) L) within which no L2 perturbation can change its "
+    "prediction (r also bounds L1 perturbations, and r / sqrt(n) L∞ ones for n input "
+    "components). <b>Certified robust accuracy</b> (black stars) is the share of samples "
+    "classified correctly with r >= eps: no attack can push robust accuracy below it. The "
+    "shaded <b>gap</b> up to the strongest attack is what attacks leave unexplored. The "
+    "<b>certificate violations</b> column counts attack results that change the prediction "
+    "from inside the certified ball; it must be 0."
+)
+
+
 def _html_table(name: str, caption: str, header: list[str], rows: list[list[str]]) -> str:
     h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
     body = "".join(
@@ -806,6 +1002,8 @@ def _html(report: dict[str, Any], figures: dict[str, bytes], tables: dict[str, A
         f"<h1>{html.escape(report['title'])}</h1>",
         f'<p class="note"><b>How to read this.</b> {_HOW_TO_READ}</p>',
     ]
+    if report.get("certificate"):
+        parts.append(f'<p class="note">{_HOW_TO_READ_CERTIFIED}</p>')
     run = report["run"]
     if not run["complete"] or run["errors"]:
         parts.append(
@@ -851,6 +1049,8 @@ def _html(report: dict[str, Any], figures: dict[str, bytes], tables: dict[str, A
             parts.append(_html_figure(fid, titles[fid], figures[fid]))
         parts.append("</div>")
         parts.append(_html_table(f"robust-{a['id']}", *tables[f"robust-{a['id']}"]))
+        if f"certified-{a['id']}" in tables:
+            parts.append(_html_table(f"certified-{a['id']}", *tables[f"certified-{a['id']}"]))
         parts.append(_html_table(f"norms-{a['id']}", *tables[f"norms-{a['id']}"]))
     parts.append("<h2>Runtime</h2>")
     parts.append(_html_figure("runtime", titles["runtime"], figures["runtime"]))
@@ -885,7 +1085,10 @@ def _markdown(report: dict[str, Any], tables: dict[str, Any]) -> str:
     import re
 
     how = re.sub(r"</?b>", "**", _HOW_TO_READ)
-    out = [f"# {report['title']}", "", f"> **How to read this.** {how}", "", "## Summary", ""]
+    out = [f"# {report['title']}", "", f"> **How to read this.** {how}", ""]
+    if report.get("certificate"):
+        out += ["> " + re.sub(r"</?b>", "**", _HOW_TO_READ_CERTIFIED), ""]
+    out += ["## Summary", ""]
     out += [f"- {line}" for line in report["headline"]]
     out += ["", "## Clean accuracy", "", _md_table(*tables["clean"])]
     out += ["## Robust accuracy and effective perturbation size per attack", ""]
@@ -894,7 +1097,10 @@ def _markdown(report: dict[str, Any], tables: dict[str, Any]) -> str:
         out += [f"### {a['id']}", ""]
         for fid in (f"robust-{a['id']}", f"norms-{a['id']}"):
             out += [f"![{titles[fid]['title']}]({titles[fid]['file']})", ""]
-        out += [_md_table(*tables[f"robust-{a['id']}"]), _md_table(*tables[f"norms-{a['id']}"])]
+        out += [_md_table(*tables[f"robust-{a['id']}"])]
+        if f"certified-{a['id']}" in tables:
+            out += [_md_table(*tables[f"certified-{a['id']}"])]
+        out += [_md_table(*tables[f"norms-{a['id']}"])]
     out += ["## Runtime", "", f"![{titles['runtime']['title']}]({titles['runtime']['file']})", ""]
     out += [_md_table(*tables["runtime"])]
     out += ["## Config", "", "```yaml", report["config_yaml"].rstrip("\n"), "```", ""]

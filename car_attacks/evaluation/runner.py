@@ -221,6 +221,27 @@ def load_inputs(config: ExperimentConfig) -> tuple[torch.nn.Module, tuple[float,
     return model, (lo, hi), x.to(device), y.to(device)
 
 
+def certified_lipschitz(
+    config: ExperimentConfig, model: torch.nn.Module, input_shape: tuple[int, ...]
+) -> float | None:
+    """The Lipschitz bound of a certified model (``ModelSpec.certified``), else ``None``.
+
+    Raises ExperimentError when the model is registered as certified but its layers have
+    no exact norm (e.g. a ``model.weights`` file of another architecture)."""
+    from ..lipschitz import lipschitz_bound
+    from ..models import model_spec
+
+    if not model_spec(config.model.name).certified:
+        return None
+    try:
+        return float(lipschitz_bound(model, input_shape))
+    except TypeError as exc:
+        raise ExperimentError(
+            f"model {config.model.name!r} is registered as certified but its Lipschitz "
+            f"bound cannot be computed: {_one_line(exc)}"
+        ) from exc
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, KeyError) and exc.args:
@@ -297,6 +318,23 @@ class _Executor:
             norm = config.attack(peer.compare_with).norm
             self.attacks[peer.id] = make_peer(peer, norm, path=f"peers[{j}]")
         self.methods = {m.key: m for m in methods}
+        self.lipschitz = certified_lipschitz(config, model, tuple(self.images.shape[1:]))
+        self._radii: dict[int, torch.Tensor] = {}
+
+    def radii(self, batch: int, x: torch.Tensor) -> torch.Tensor:
+        """Certified L2 radii of a batch's samples (certified models only), cached."""
+        from ..lipschitz import certified_radius
+
+        if batch not in self._radii:
+            self._radii[batch] = certified_radius(self.model, x, self.lipschitz)
+        return self._radii[batch]
+
+    def violations(self, batch: int, x: torch.Tensor, y: torch.Tensor, adv: Any) -> list[bool]:
+        """The soundness column: per sample, does ``adv`` change the prediction from
+        inside the certified L2 ball? (:func:`car_attacks.soundness.soundness_column`)."""
+        from ..soundness import soundness_column
+
+        return soundness_column(self.model, x, y, adv, self.radii(batch, x))
 
     def __call__(self, unit: Unit) -> dict[str, Any]:
         sl = batch_slice(self.config, unit.batch)
@@ -319,6 +357,12 @@ class _Executor:
                 correct=(pred == y).tolist(),
                 time_s=time.perf_counter() - t0,
             )
+            if self.lipschitz is not None:
+                record.update(
+                    lipschitz=self.lipschitz,
+                    input_size=int(x[0].numel()),
+                    radius=self.radii(unit.batch, x).double().tolist(),
+                )
             return record
         seed = self.config.seed + unit.batch
         attack = self.attacks[unit.method]
@@ -339,6 +383,7 @@ class _Executor:
                     success.append((self.model(adv).argmax(dim=1) != y).tolist())
                     for k, v in _norms(adv - x).items():
                         norms[k].append(v)
+            results: list[Any] = advs
         else:
             from foolbox.criteria import Misclassification
 
@@ -355,13 +400,18 @@ class _Executor:
                 success.append(torch.as_tensor(ok[i]).bool().tolist())
                 for k, v in _norms(clipped[i] - x).items():
                     norms[k].append(v)
+            results = [torch.as_tensor(c) for c in clipped]
             if method.kind == "minimization":
                 # the perturbation the attack found, before foolbox shrinks it to each eps
                 found = torch.as_tensor(raw[0])
                 with torch.no_grad():
                     adv = (self.model(found).argmax(dim=1) != y).tolist()
                 record["found"] = dict(_norms(found - x), adversarial=adv)
+                if self.lipschitz is not None:
+                    record["found"]["violation"] = self.violations(unit.batch, x, y, found)
         record.update(success=success, **norms, queries=queries, time_s=elapsed, cpu_s=cpu)
+        if self.lipschitz is not None:
+            record["violation"] = [self.violations(unit.batch, x, y, r) for r in results]
         return record
 
 

@@ -121,5 +121,6 @@ for _name, (_arch, _description) in FASHION_MNIST_MODELS.items():
             architecture=_arch,
             locate_weights=packaged_weights(f"{_name}.pt"),
             weights_hint="train it with scripts/train_fashion_mnist.py --out car_attacks/weights",
+            certified=_arch is bcop_classifier,
         )
     )

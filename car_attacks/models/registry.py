@@ -71,6 +71,10 @@ class ModelSpec:
     )
     #: Hint shown when the default weights are missing.
     weights_hint: str = ""
+    #: A Lipschitz network whose exact layer norms give certified L2 radii
+    #: (:func:`car_attacks.lipschitz.certified_radius`); evaluation reports then show
+    #: certified beside empirical robust accuracy and check every attack against them.
+    certified: bool = False
 
     def default_weights_path(self) -> str | None:
         """Path of the default local weights file, or ``None`` if there is none."""
