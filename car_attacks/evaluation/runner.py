@@ -37,14 +37,15 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import ExperimentConfig, config_hash
+from .distributed import Distributed, init_distributed, rank_device, shard
 from .environment import environment
 from .peers import APGDPeer
 from .registry import attack_kind, check_references, make_attack, make_peer
@@ -101,6 +102,10 @@ class RunSummary:
     wall_time_s: float
     failures: list[str] = field(default_factory=list)
     report_paths: list[Path] = field(default_factory=list)
+    storage_s: float = 0.0
+    """Time spent storing results (appends with fsync, merging shards) in this session."""
+    rank: int = 0
+    world_size: int = 1
 
 
 class QueryCounter(torch.nn.Module):
@@ -422,16 +427,13 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
-def _prepare(
-    store: RunStore,
-    config: ExperimentConfig,
-    source_text: str | None,
-    methods: list[Method],
-    units: list[Unit],
-) -> dict[str, Any]:
-    digest = config_hash(config)
+def _existing_manifest(store: RunStore, config: ExperimentConfig) -> dict[str, Any] | None:
+    """The manifest of a run of ``config`` already in ``store`` (``None``: a new or empty
+    directory). Raises RunDirError for another config's run or a foreign directory.
+    Writes nothing."""
     if store.exists():
         manifest = store.read_manifest()
+        digest = config_hash(config)
         if manifest.get("config_hash") != digest:
             raise RunDirError(
                 f"{store.dir} holds a run of a different config (config "
@@ -439,10 +441,26 @@ def _prepare(
                 f"this config: {config.name!r}, hash {digest[:12]}); use another --out"
             )
         return manifest
+    if store.dir.exists() and not store.dir.is_dir():
+        raise RunDirError(f"{store.dir} exists and is not a directory")
     if store.dir.exists() and any(p.name != ".lock" for p in store.dir.iterdir()):
         raise RunDirError(
             f"{store.dir} exists, is not empty and is not a car-attacks run directory"
         )
+    return None
+
+
+def _prepare(
+    store: RunStore,
+    config: ExperimentConfig,
+    source_text: str | None,
+    methods: list[Method],
+    units: list[Unit],
+) -> dict[str, Any]:
+    """The manifest of the run in ``store``, creating the run directory if it is new."""
+    manifest = _existing_manifest(store, config)
+    if manifest is not None:
+        return manifest
     store.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(store.dir / "config.yaml", config.to_yaml())
     if source_text is not None:
@@ -450,7 +468,7 @@ def _prepare(
     manifest = {
         "format": FORMAT,
         "config_name": config.name,
-        "config_hash": digest,
+        "config_hash": config_hash(config),
         "created": _now(),
         "status": "created",
         "units_total": len(units),
@@ -492,88 +510,159 @@ def run_experiment(
     log: Callable[[str], None] | None = None,
     executor_factory: Callable[[ExperimentConfig, list[Method]], Callable[[Unit], Any]]
     | None = None,
+    dist: Distributed | None = None,
 ) -> RunSummary:
     """Run (or resume) ``config`` in ``run_dir`` and build the report.
 
     Units already stored in ``run_dir`` are skipped. A unit that raises is logged to
-    ``errors.jsonl`` and retried by the next run. Raises ConfigError, RunDirError,
-    ExperimentError.
-    """
+    ``errors.jsonl`` and retried by the next run. The model and data are loaded before
+    anything is written, so a run that cannot start leaves no run directory behind.
 
+    Under torchrun (``WORLD_SIZE > 1``, or an initialised default process group, or
+    ``dist``), every rank runs its share of the units (:func:`distributed.shard`) and
+    writes its own result files; rank 0 holds the directory lock, merges the shards
+    when all ranks are done and builds the report. Raises ConfigError, RunDirError,
+    ExperimentError (DistributedError on the other ranks when rank 0 fails).
+    """
+    check_references(config)
+    owned = dist is None
+    dist = init_distributed(config.device) if dist is None else dist
+    try:
+        return _run(
+            config, Path(run_dir), source_text, progress, report, log, executor_factory, dist
+        )
+    finally:
+        if owned:
+            dist.close()
+
+
+def _run(
+    config: ExperimentConfig,
+    run_dir: Path,
+    source_text: str | None,
+    progress: bool,
+    report: bool,
+    log: Callable[[str], None] | None,
+    executor_factory: Callable[[ExperimentConfig, list[Method]], Callable[[Unit], Any]] | None,
+    dist: Distributed,
+) -> RunSummary:
     def say(msg: str) -> None:
-        if log is not None:
+        if log is not None and dist.is_main:
             log(msg)
 
-    check_references(config)
-    store = RunStore(run_dir)
+    store = RunStore(run_dir, shard=dist.rank if dist.active else None)
     methods = plan_methods(config)
     units = plan_units(config, methods)
+    order = {u.key: i for i, u in enumerate(units)}
     t_start = time.perf_counter()
-    _prepare(store, config, source_text, methods, units)  # refuse early, before the lock
-    with store.lock():
-        manifest = _prepare(store, config, source_text, methods, units)
-        dropped = store.repair()
-        if dropped:
-            say(f"dropped {dropped} incomplete result line(s) from an interrupted run")
+    dist.on_main(lambda: _existing_manifest(store, config))  # refuse early, write nothing
+    pending = [u for u in units if u.key not in store.done_keys()]
+    execute: Callable[[Unit], Any] | None = None
+    if pending:
+        say(f"loading model {config.model.name!r} and data {config.data.name!r}")
+        error: BaseException | None = None
+        try:
+            factory = executor_factory or _Executor
+            local = replace(config, device=rank_device(config.device, dist))
+            execute = factory(local, methods)
+        except Exception as exc:
+            error = exc
+        dist.check_all(error)
+
+    with ExitStack() as stack:
+        session: dict[str, Any] = {"started": _now(), "units_run": 0, "units_failed": 0}
+        if dist.active:
+            session["world_size"] = dist.world_size
+
+        def begin() -> dict[str, Any]:
+            stack.enter_context(store.lock())
+            manifest = _prepare(store, config, source_text, methods, units)
+            dropped = store.repair()
+            if dropped:
+                say(f"dropped {dropped} incomplete result line(s) from an interrupted run")
+            manifest["sessions"].append(session)
+            manifest["status"] = "running"
+            manifest["environment"] = environment(config.device)
+            store.write_manifest(manifest)
+            return manifest
+
+        manifest = dist.on_main(begin)
         done = store.done_keys()
         todo = [u for u in units if u.key not in done]
+        mine = shard(todo, dist, group=lambda u: u.method)
         skipped = len(units) - len(todo)
-        session: dict[str, Any] = {"started": _now(), "units_run": 0, "units_failed": 0}
-        manifest["sessions"].append(session)
-        manifest["status"] = "running"
-        manifest["environment"] = environment(config.device)
-        store.write_manifest(manifest)
         if skipped:
             say(f"resuming {store.dir}: {skipped} of {len(units)} units already done")
+        if dist.active:
+            say(f"{dist.world_size} ranks; rank 0 runs {len(mine)} of {len(todo)} units")
         failures: list[str] = []
         run = 0
+        storage_s = 0.0
         try:
-            if todo:
-                say(f"loading model {config.model.name!r} and data {config.data.name!r}")
-                factory = executor_factory or _Executor
-                execute = factory(config, methods)
-                with _progress(len(units), skipped, progress) as bar:
-                    for unit in todo:
-                        eps = ",".join(f"{e:.4g}" for e in unit.eps)
-                        bar.set_description(f"{unit.method} eps={eps} b{unit.batch}"[:60])
-                        try:
-                            record = execute(unit)
-                        except Exception as exc:  # recorded and retried by the next run
-                            msg = f"{unit.method} batch {unit.batch} eps {eps}: {_one_line(exc)}"
-                            failures.append(msg)
-                            store.append_error(
-                                {
-                                    "key": unit.key,
-                                    "method": unit.method,
-                                    "batch": unit.batch,
-                                    "eps": list(unit.eps),
-                                    "error": f"{type(exc).__name__}: {_one_line(exc)}",
-                                    "traceback": traceback.format_exc(limit=8),
-                                    "time": _now(),
-                                }
-                            )
-                            bar.write(f"car-attacks: unit failed: {msg}", file=sys.stderr)
-                        else:
-                            store.append(record)
-                            run += 1
-                        bar.update(1)
+            if mine and execute is None:  # the directory changed since the first look
+                execute = (executor_factory or _Executor)(
+                    replace(config, device=rank_device(config.device, dist)), methods
+                )
+            total, initial = (len(mine), 0) if dist.active else (len(units), skipped)
+            with _progress(total, initial, progress and dist.is_main) as bar:
+                for unit in mine:
+                    assert execute is not None
+                    eps = ",".join(f"{e:.4g}" for e in unit.eps)
+                    bar.set_description(f"{unit.method} eps={eps} b{unit.batch}"[:60])
+                    try:
+                        record = execute(unit)
+                    except Exception as exc:  # recorded and retried by the next run
+                        msg = f"{unit.method} batch {unit.batch} eps {eps}: {_one_line(exc)}"
+                        failures.append(msg)
+                        t0 = time.perf_counter()
+                        store.append_error(
+                            {
+                                "key": unit.key,
+                                "method": unit.method,
+                                "batch": unit.batch,
+                                "eps": list(unit.eps),
+                                "error": f"{type(exc).__name__}: {_one_line(exc)}",
+                                "traceback": traceback.format_exc(limit=8),
+                                "time": _now(),
+                                "rank": dist.rank,
+                            }
+                        )
+                        storage_s += time.perf_counter() - t0
+                        bar.write(f"car-attacks: unit failed: {msg}", file=sys.stderr)
+                    else:
+                        t0 = time.perf_counter()
+                        store.append(record)
+                        storage_s += time.perf_counter() - t0
+                        run += 1
+                    bar.update(1)
         finally:
-            session.update(
-                finished=_now(),
-                wall_s=round(time.perf_counter() - t_start, 3),
-                units_run=run,
-                units_failed=len(failures),
-            )
-            manifest["units_done"] = len(store.done_keys() & {u.key for u in units})
-            manifest["status"] = (
-                "complete" if manifest["units_done"] == len(units) else "incomplete"
-            )
-            manifest["wall_time_s"] = round(
-                sum(float(s.get("wall_s", 0.0)) for s in manifest["sessions"]), 3
-            )
-            store.write_manifest(manifest)
+            counts = dist.gather((run, failures, storage_s))
+            run = sum(c[0] for c in counts)
+            failures = [f for c in counts for f in c[1]]
+
+            def finish() -> dict[str, Any]:
+                t0 = time.perf_counter()
+                store.merge_shards(order)
+                session.update(
+                    finished=_now(),
+                    wall_s=round(time.perf_counter() - t_start, 3),
+                    units_run=run,
+                    units_failed=len(failures),
+                    storage_s=round(sum(c[2] for c in counts) + time.perf_counter() - t0, 4),
+                )
+                manifest["units_done"] = len(store.done_keys() & set(order))
+                manifest["status"] = (
+                    "complete" if manifest["units_done"] == len(units) else "incomplete"
+                )
+                manifest["wall_time_s"] = round(
+                    sum(float(s.get("wall_s", 0.0)) for s in manifest["sessions"]), 3
+                )
+                store.write_manifest(manifest)
+                return session
+
+            session = dist.on_main(finish)
     paths: list[Path] = []
-    if report:
+    if report and dist.is_main:
         from .report import build_report
 
         paths = build_report(store.dir)
@@ -586,4 +675,7 @@ def run_experiment(
         wall_time_s=time.perf_counter() - t_start,
         failures=failures,
         report_paths=paths,
+        storage_s=float(session.get("storage_s", 0.0)),
+        rank=dist.rank,
+        world_size=dist.world_size,
     )

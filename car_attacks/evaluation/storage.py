@@ -8,6 +8,9 @@ Layout::
     DIR/results/*.jsonl      one file per method; one line per finished unit of work
     DIR/errors.jsonl         units that raised (they are not stored as results: a rerun
                              retries them)
+    DIR/results/*.rank<R>.jsonl, DIR/errors.rank<R>.jsonl
+                             what rank R of a sharded run (torchrun) wrote; rank 0 merges
+                             them into the files above when every rank is done
     DIR/report.{json,md,html}, DIR/figures/*.png
 
 Every result line is appended, flushed and fsync'd as soon as it is produced; a
@@ -72,13 +75,20 @@ def _safe_name(method: str) -> str:
 
 
 class RunStore:
-    """Read and append the results of one run directory."""
+    """Read and append the results of one run directory.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    ``shard`` (a rank of a sharded run) makes :meth:`append` and :meth:`append_error`
+    write to that shard's own files, so that ranks never write to the same file; reading
+    (:meth:`records`, :meth:`errors`) always covers every file of the directory.
+    """
+
+    def __init__(self, run_dir: str | Path, *, shard: int | None = None) -> None:
         self.dir = Path(run_dir)
+        self.shard = shard
+        self._suffix = "" if shard is None else f".rank{int(shard)}"
         self.results_dir = self.dir / "results"
         self.manifest_path = self.dir / "manifest.json"
-        self.errors_path = self.dir / "errors.jsonl"
+        self.errors_path = self.dir / f"errors{self._suffix}.jsonl"
 
     # -- manifest ----------------------------------------------------------------------------
 
@@ -123,7 +133,7 @@ class RunStore:
     # -- results -----------------------------------------------------------------------------
 
     def path_for(self, method: str) -> Path:
-        return self.results_dir / f"{_safe_name(method)}.jsonl"
+        return self.results_dir / f"{_safe_name(method)}{self._suffix}.jsonl"
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record to its method's file; fsync before returning."""
@@ -184,18 +194,56 @@ class RunStore:
         return list(by_key.values())
 
     def errors(self) -> list[dict[str, Any]]:
-        if not self.errors_path.is_file():
-            return []
+        """Every error record of the directory (all shards)."""
         out = []
-        with open(self.errors_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
+        for path in self._error_files():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(rec, dict):
+                        out.append(rec)
         return out
+
+    def _error_files(self) -> list[Path]:
+        main = self.dir / "errors.jsonl"
+        shards = sorted(self.dir.glob("errors.rank[0-9]*.jsonl"))
+        return ([main] if main.is_file() else []) + shards
+
+    def merge_shards(self, order: dict[str, int]) -> int:
+        """Fold the shard files of a sharded run into one file per method (and one
+        errors.jsonl); returns how many shard files were merged.
+
+        Records are written in the order given by ``order`` (unit key -> position;
+        unknown keys last), each unit once. Every merged file is written atomically
+        before any shard file is removed, so a kill part way loses nothing (a unit
+        stored twice is read once, see :meth:`records`)."""
+        shard_files = (
+            sorted(self.results_dir.glob("*.rank[0-9]*.jsonl")) if self.results_dir.is_dir() else []
+        )
+        error_shards = sorted(self.dir.glob("errors.rank[0-9]*.jsonl"))
+        if not shard_files and not error_shards:
+            return 0
+        by_method: dict[str, list[dict[str, Any]]] = {}
+        for rec in self.records():
+            by_method.setdefault(str(rec["method"]), []).append(rec)
+        last = len(order)
+        for method, recs in by_method.items():
+            recs.sort(key=lambda r: order.get(unit_key(r["method"], r["batch"], r["eps"]), last))
+            text = "".join(
+                json.dumps(r, separators=(",", ":"), allow_nan=True) + "\n" for r in recs
+            )
+            atomic_write_text(self.results_dir / f"{_safe_name(method)}.jsonl", text)
+        if error_shards:
+            text = "".join(
+                json.dumps(e, separators=(",", ":"), allow_nan=True) + "\n" for e in self.errors()
+            )
+            atomic_write_text(self.dir / "errors.jsonl", text)
+        for path in shard_files + error_shards:
+            path.unlink()
+        return len(shard_files) + len(error_shards)
 
     def done_keys(self) -> set[str]:
         return {unit_key(r["method"], r["batch"], r["eps"]) for r in self.records()}
