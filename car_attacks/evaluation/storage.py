@@ -74,6 +74,42 @@ def _safe_name(method: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "__", method)
 
 
+_RECORD_KEYS = ("method", "batch", "eps", "indices")
+
+
+def _scan(path: Path) -> tuple[list[dict[str, Any]], int, int]:
+    """``(records, end of the last good line, file size)`` of a results file.
+
+    Only the last line may be bad (cut short by a kill: not JSON, or no newline);
+    a bad line followed by others raises RunDirError."""
+    data = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    pos = good_end = 0
+    lineno = 0
+    while pos < len(data):
+        lineno += 1
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl
+        rec: Any = None
+        try:
+            rec = json.loads(data[pos:end])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+        good = nl >= 0 and isinstance(rec, dict) and all(k in rec for k in _RECORD_KEYS)
+        if not good:
+            rest = data[end + 1 :] if nl >= 0 else b""
+            if rest.strip(b"\x00 \n\r\t"):
+                raise RunDirError(
+                    f"{path} is damaged at line {lineno} (not a result record) and has "
+                    "results after it; it was changed outside car-attacks. Move the file "
+                    "away to redo its units, or use another --out"
+                )
+            break
+        records.append(rec)
+        good_end = pos = nl + 1
+    return records, good_end, len(data)
+
+
 class RunStore:
     """Read and append the results of one run directory.
 
@@ -151,23 +187,14 @@ class RunStore:
             os.fsync(f.fileno())
 
     def repair(self) -> int:
-        """Drop incomplete trailing lines (a kill during a write); returns how many."""
+        """Drop incomplete trailing lines (a kill during a write); returns how many.
+
+        Raises RunDirError for a damaged line *before* the last one: appends cannot
+        cause that, so the file was changed by something else and is not guessed at."""
         dropped = 0
-        for path in sorted(self.results_dir.glob("*.jsonl")) if self.results_dir.is_dir() else []:
-            data = path.read_bytes()
-            good_end = 0
-            pos = 0
-            while pos < len(data):
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    break
-                try:
-                    json.loads(data[pos:nl])
-                except json.JSONDecodeError:
-                    break
-                good_end = nl + 1
-                pos = nl + 1
-            if good_end < len(data):
+        for path in self._result_files():
+            _, good_end, size = _scan(path)
+            if good_end < size:
                 dropped += 1
                 with open(path, "r+b") as f:
                     f.truncate(good_end)
@@ -175,22 +202,18 @@ class RunStore:
                     os.fsync(f.fileno())
         return dropped
 
+    def _result_files(self) -> list[Path]:
+        return sorted(self.results_dir.glob("*.jsonl")) if self.results_dir.is_dir() else []
+
     def records(self) -> list[dict[str, Any]]:
-        """Every complete result record; for a unit stored twice the last one wins."""
+        """Every complete result record; for a unit stored twice the last one wins.
+
+        An incomplete last line (a kill during a write) is left out; any other damage
+        raises RunDirError naming the file and line."""
         by_key: dict[str, dict[str, Any]] = {}
-        if not self.results_dir.is_dir():
-            return []
-        for path in sorted(self.results_dir.glob("*.jsonl")):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if not line.endswith("\n"):
-                        break  # cut short; repair() removes it before a run appends
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(rec, dict) and "method" in rec:
-                        by_key[unit_key(rec["method"], rec["batch"], rec["eps"])] = rec
+        for path in self._result_files():
+            for rec in _scan(path)[0]:
+                by_key[unit_key(rec["method"], rec["batch"], rec["eps"])] = rec
         return list(by_key.values())
 
     def errors(self) -> list[dict[str, Any]]:
