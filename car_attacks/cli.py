@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,12 +49,26 @@ def _default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{stamp}"
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .evaluation import load_config, resolve_config_path, run_experiment
+def _config_path(spec: str | None) -> Path:
+    """``resolve_config_path``; a name the OS cannot even look up is a usage error."""
+    from .evaluation import resolve_config_path
 
-    path = resolve_config_path(args.config)
+    try:
+        return resolve_config_path(spec)
+    except OSError as exc:
+        raise _Failure(f"config file {spec!r}: {exc.strerror or exc}", 2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .evaluation import load_config, run_experiment
+
+    path = _config_path(args.config)
     config, text = load_config(path)
     out = Path(args.out) if args.out else _default_out(config.name)
+    if int(os.environ.get("RANK", "0")) != 0:  # a torchrun rank other than 0: errors only
+        args.quiet = True
+    if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise _Failure("sharded runs (torchrun) need --out DIR, the same for every rank", 2)
     if not args.quiet:
         _info(f"config {path} -> {out}")
     summary = run_experiment(
@@ -106,10 +121,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .evaluation import load_config, resolve_config_path
+    from .evaluation import load_config
 
     for spec in args.configs:
-        path = resolve_config_path(spec)
+        path = _config_path(spec)
         config, _ = load_config(path)
         n_units = len(config.attacks)
         print(f"{path}: ok ({config.name}: {n_units} attack(s), {len(config.peers)} peer(s))")
@@ -324,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``car-attacks`` console script; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     from .evaluation.config import ConfigError
+    from .evaluation.distributed import DistributedError
     from .evaluation.runner import ExperimentError
     from .evaluation.storage import RunDirError
 
@@ -342,13 +358,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Failure as exc:
         _err(str(exc))
         return exc.code
-    except ExperimentError as exc:
+    except (ExperimentError, DistributedError) as exc:
         _err(str(exc))
         return 1
     except KeyboardInterrupt:
         _err("interrupted; rerun the same command (same config and --out) to resume")
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as exc:  # e.g. a run directory that cannot be created or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        _err(f"{where}{exc.strerror or exc}")
         return 1
 
 

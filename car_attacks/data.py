@@ -16,13 +16,17 @@ import pickle
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "DATASETS",
@@ -113,11 +117,21 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).div_(255.0)
 
 
+def _open_image(path: str | Path, mode: str) -> PILImage:
+    """The decoded image in PIL ``mode``; ``ValueError`` naming the file if it is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as src:
+            return src.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path} is not a readable image: {exc}") from None
+
+
 def _pil_array(path: str | Path, mode: str, size: int | None = None) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as src:
-        img = src.convert(mode)
+    img = _open_image(path, mode)
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
@@ -125,6 +139,14 @@ def _pil_array(path: str | Path, mode: str, size: int | None = None) -> np.ndarr
 
 def _expand(root: str | None) -> str | None:
     return None if root is None else os.path.expanduser(os.fspath(root))
+
+
+def _check_dir(folder: str, expected: str) -> None:
+    """``FileNotFoundError`` unless ``folder`` is an existing directory."""
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{folder} does not exist (expected {expected})")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder (expected {expected})")
 
 
 # --------------------------------------------------------------------------- foolbox samples
@@ -148,8 +170,7 @@ class _FoolboxSamples(_Source):
 
     def _files(self, root: str | None) -> list[tuple[str, int]]:
         folder = _expand(root) or foolbox_data_dir()
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{folder} does not exist (expected foolbox's data folder)")
+        _check_dir(folder, "foolbox's data folder")
         pattern = re.compile(rf"^{re.escape(self.prefix)}_(\d+)_(\d+)\.(?:png|jpe?g)$")
         found = []
         for name in os.listdir(folder):
@@ -223,6 +244,7 @@ class _Cifar10(_Source):
 
             CIFAR10(root, train=True, download=True)
             CIFAR10(root, train=False, download=True)
+        _check_dir(root, f"a folder holding {_CIFAR_DIR}/")
         for folder in (os.path.join(root, _CIFAR_DIR), root):
             if os.path.isfile(os.path.join(folder, "test_batch")) or os.path.isfile(
                 os.path.join(folder, "data_batch_1")
@@ -245,8 +267,10 @@ class _Cifar10(_Source):
         try:
             with open(path, "rb") as f:
                 entry = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            if not isinstance(entry, dict) or not {"data", "labels"} <= entry.keys():
+                raise ValueError("expected a dict with keys 'data' and 'labels'")
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+            labels = np.asarray(entry["labels"], dtype=np.int64)
         except Exception as exc:
             raise ValueError(f"{path} is not a CIFAR-10 batch file: {exc}") from None
         if len(labels) != len(data):
@@ -300,8 +324,7 @@ class _ImageFolder(_Source):
                 "dataset imagenet_folder needs root=<folder of class sub-folders> "
                 "(e.g. ImageNet's val set sorted into 1000 wnid folders)"
             )
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"{root} does not exist (expected a folder of class folders)")
+        _check_dir(root, "a folder of class folders")
         candidates = [os.path.join(root, split)]
         if split == "test":
             candidates.append(os.path.join(root, "val"))
@@ -330,14 +353,12 @@ class _ImageFolder(_Source):
         return len(self._samples(self._folder(root, split))[0])
 
     def _image(self, path: str) -> np.ndarray:
-        from PIL import Image
         from torchvision.transforms import functional as tf
 
-        with Image.open(path) as img:
-            img = tf.resize(
-                img.convert("RGB"), self.resize, interpolation=tf.InterpolationMode.BILINEAR
-            )
-            return np.asarray(tf.center_crop(img, [self.crop, self.crop]), dtype=np.uint8)
+        img = tf.resize(
+            _open_image(path, "RGB"), self.resize, interpolation=tf.InterpolationMode.BILINEAR
+        )
+        return np.asarray(tf.center_crop(img, [self.crop, self.crop]), dtype=np.uint8)
 
     def load(
         self, spec: DatasetSpec, split: str, root: str | None, start: int, n: int, download: bool
@@ -367,20 +388,42 @@ def _open_maybe_gzip(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
+#: What reading a damaged (gzipped) file raises: BadGzipFile is an OSError.
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
 def _idx_header(f: io.BufferedIOBase, path: str) -> tuple[int, ...]:
     head = f.read(4)
     if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = head[3]
-    return struct.unpack(f">{ndim}I", f.read(4 * ndim))
+    dims = f.read(4 * ndim)
+    if len(dims) != 4 * ndim:
+        raise ValueError(f"{path} is truncated: incomplete IDX header")
+    return struct.unpack(f">{ndim}I", dims)
+
+
+def _read_idx_shape(path: str, ndim: int) -> tuple[int, ...]:
+    """The shape in an IDX file's header, which must have ``ndim`` dimensions."""
+    try:
+        with _open_maybe_gzip(path) as f:
+            shape = _idx_header(f, path)
+    except _READ_ERRORS as exc:
+        raise ValueError(f"{path} cannot be read: {exc or type(exc).__name__}") from None
+    if len(shape) != ndim:
+        raise ValueError(f"{path} holds {len(shape)}-dimensional IDX data, expected {ndim}")
+    return shape
 
 
 def _read_idx(path: str, start: int, n: int) -> np.ndarray:
-    with _open_maybe_gzip(path) as f:
-        shape = _idx_header(f, path)
-        item = int(np.prod(shape[1:], dtype=np.int64))
-        f.seek(start * item, os.SEEK_CUR)
-        raw = f.read(n * item)
+    try:
+        with _open_maybe_gzip(path) as f:
+            shape = _idx_header(f, path)
+            item = int(np.prod(shape[1:], dtype=np.int64))
+            f.seek(start * item, os.SEEK_CUR)
+            raw = f.read(n * item)
+    except _READ_ERRORS as exc:
+        raise ValueError(f"{path} cannot be read: {exc or type(exc).__name__}") from None
     if len(raw) != n * item:
         raise ValueError(f"{path} is truncated: expected {n * item} bytes at sample {start}")
     return np.frombuffer(raw, dtype=np.uint8).reshape((n, *shape[1:]))
@@ -404,6 +447,7 @@ class _IdxSet(_Source):
             import torchvision.datasets as tvd
 
             getattr(tvd, self.tv_class)(root, train=split == "train", download=True)
+        _check_dir(root, "a folder with IDX files")
         folders = [root, os.path.join(root, self.tv_folder, "raw"), os.path.join(root, "raw")]
         prefix = self._PREFIX[split]
         for folder in folders:
@@ -420,10 +464,7 @@ class _IdxSet(_Source):
 
     def size(self, spec: DatasetSpec, split: str, root: str | None, download: bool) -> int:
         images, labels = self._paths(root, split, download)
-        counts = []
-        for path in (images, labels):
-            with _open_maybe_gzip(path) as f:
-                counts.append(_idx_header(f, path)[0])
+        counts = [_read_idx_shape(images, 3)[0], _read_idx_shape(labels, 1)[0]]
         if counts[0] != counts[1]:
             raise ValueError(f"{images} has {counts[0]} images but {labels} {counts[1]} labels")
         return counts[0]
@@ -568,5 +609,12 @@ def load_samples(
         raise ValueError(
             f"dataset {name}: files give images of shape {tuple(x.shape[1:])}, "
             f"expected {spec.input_shape}"
+        )
+    if y.shape != (len(x),):
+        raise ValueError(f"dataset {name}: {len(x)} images but labels of shape {tuple(y.shape)}")
+    bad = y[(y < 0) | (y >= spec.num_classes)]
+    if len(bad):
+        raise ValueError(
+            f"dataset {name}: label {int(bad[0])} is not a class index 0..{spec.num_classes - 1}"
         )
     return x, y

@@ -3,7 +3,7 @@
 A config file is a YAML mapping::
 
     name: cifar10_resnet18          # optional; default: the file name without .yaml
-    seed: 0                         # int >= 0; attacks get seed=seed, peers torch.manual_seed
+    seed: 0                         # 0 .. 2**32-1; attacks get seed=seed, peers torch.manual_seed
     device: cpu                     # torch device string ("cpu", "cuda", "cuda:1")
     model:
       name: cifar10_resnet18        # a car_attacks.models name or "torchvision:<arch>"
@@ -53,6 +53,7 @@ import yaml
 
 __all__ = [
     "INIT_CHOICES",
+    "MAX_SEED",
     "NORMS",
     "PEER_LIBRARIES",
     "RESCALING_CHOICES",
@@ -75,6 +76,11 @@ INIT_CHOICES: tuple[str, ...] = ("own", "batch_blend")
 """Starting points of minimization attacks: the attack's own initialisation, or
 ``batch_blend`` (see :func:`car_attacks.evaluation.runner.batch_blend_starting_points`)."""
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Largest ``seed``: torch and numpy generators take seeds below 2**32 everywhere.
+MAX_SEED = 2**32 - 1
+#: Limits on ``params`` values, so that a recursive or exponential YAML alias is refused.
+_MAX_DEPTH = 32
+_MAX_VALUES = 100_000
 
 
 class ConfigError(ValueError):
@@ -221,11 +227,13 @@ def _str(value: Any, path: str, *, allow_none: bool = False, nonempty: bool = Tr
     return value
 
 
-def _int(value: Any, path: str, *, minimum: int | None = None) -> int:
+def _int(value: Any, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(path, f"expected int, got {_type_name(value)} {value!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(path, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(path, f"must be <= {maximum}, got {value}")
     return value
 
 
@@ -278,21 +286,29 @@ def _params(value: Any, path: str) -> dict[str, Any]:
     if value is None:
         return {}
     m = _mapping(value, path)
+    budget = [_MAX_VALUES]
     for key, v in m.items():
-        _check_plain(v, _join(path, key))
+        _check_plain(v, _join(path, key), budget, 1)
     return dict(m)
 
 
-def _check_plain(value: Any, path: str) -> None:
+def _check_plain(value: Any, path: str, budget: list[int], depth: int) -> None:
+    """Plain YAML data (null, bool, numbers, strings, lists, string-keyed mappings) of
+    bounded depth and size; ``budget[0]`` counts down the values left to check."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(path, f"more than {_MAX_VALUES} values (a YAML alias bomb?)")
+    if depth > _MAX_DEPTH:
+        raise ConfigError(path, f"nested more than {_MAX_DEPTH} levels deep (a recursive alias?)")
     if value is None or isinstance(value, bool | int | float | str):
         return
     if isinstance(value, list):
         for i, v in enumerate(value):
-            _check_plain(v, f"{path}[{i}]")
+            _check_plain(v, f"{path}[{i}]", budget, depth + 1)
         return
     if isinstance(value, dict):
-        for k, v in value.items():
-            _check_plain(v, _join(path, str(k)))
+        for k, v in _mapping(value, path).items():
+            _check_plain(v, _join(path, k), budget, depth + 1)
         return
     raise ConfigError(path, f"unsupported value of type {_type_name(value)}")
 
@@ -450,9 +466,33 @@ def parse_config(raw: Any, *, default_name: str = "experiment") -> ExperimentCon
         attacks=attacks,
         peers=peers,
         rescalings=rescalings,
-        seed=_int(m.get("seed", 0), "seed", minimum=0),
+        seed=_int(m.get("seed", 0), "seed", minimum=0, maximum=MAX_SEED),
         device=device,
     )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only, no Python tags) that refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: construct_mapping below reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | Path, *, check: bool = True) -> tuple[ExperimentConfig, str]:
@@ -465,15 +505,21 @@ def load_config(path: str | Path, *, check: bool = True) -> tuple[ExperimentConf
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {p}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "", f"{p}: not a UTF-8 text file (byte {exc.start}); a config is a YAML text file"
+        ) from None
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {p}: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError("", f"{p}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError("", f"{p}: invalid YAML: nested too deeply") from None
     if raw is None:
         raise ConfigError("", f"{p}: the config file is empty")
     config = parse_config(raw, default_name=_default_id(p.stem))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,22 +92,53 @@ def normalize_state_dict(obj: Any, *, source: str = "checkpoint") -> dict[str, t
     return out
 
 
+def _load_failure(path: str, exc: Exception) -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` raised ``exc``."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"refusing to load {path}: weights_only load failed: it holds pickled code or "
+            f"objects (GLOBAL {found.group(1)}), which weights_only=True never runs; "
+            "save model.state_dict() instead"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"cannot read {path}: {err.strerror or err}"
+    if not head:
+        return f"{path} is empty, not a torch checkpoint"
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # zip or pickle
+        return f"{path} is not a torch checkpoint (expected a file written by torch.save)"
+    # Skip torch's generic preamble ("Weights only load failed. In PyTorch 2.6, ...").
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next(
+        (line for line in lines[1:] if not line.startswith(("Please file", "Check the"))),
+        lines[0] if lines else type(exc).__name__,
+    )
+    first = _one_line(ValueError(detail.split(". ")[0]))
+    return (
+        f"refusing to load {path}: weights_only load failed ({first}): a damaged file, or "
+        "not a plain tensor checkpoint; save model.state_dict() instead"
+    )
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a state dict with ``torch.load(..., weights_only=True)``.
 
     ``FileNotFoundError`` for a missing file; ``ValueError`` (one line) for a file that
     holds pickled code or objects, is not a torch file, or is not a state dict.
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle: the error below says more
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, zip errors, EOFError, ...
-        raise ValueError(
-            f"refusing to load {path}: not a plain tensor checkpoint "
-            f"(weights_only load failed: {_one_line(exc)}); save model.state_dict() instead"
-        ) from None
+        raise ValueError(_load_failure(path, exc)) from None
     return normalize_state_dict(obj, source=path)
 
 
