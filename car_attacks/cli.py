@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .evaluation import load_config, run_experiment
 
     path = _config_path(args.config)
-    config, text = load_config(path)
+    config, text = load_config(path, overrides=args.set)
     out = Path(args.out) if args.out else _default_out(config.name)
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun rank other than 0: errors only
         args.quiet = True
@@ -125,7 +125,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     for spec in args.configs:
         path = _config_path(spec)
-        config, _ = load_config(path)
+        config, _ = load_config(path, overrides=args.set)
         n_units = len(config.attacks)
         print(f"{path}: ok ({config.name}: {n_units} attack(s), {len(config.peers)} peer(s))")
     return 0
@@ -260,6 +260,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.name=fashion_mnist_cnn_pgd "
+        "--set data.n=1000 --set attacks.0.params.steps=50 (VALUE is YAML; repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -293,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run directory (default: runs/<config name>-<date>-<time>)",
     )
+    _add_set_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="store results only")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -331,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "classes and parameters) without loading weights or data.",
     )
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="config files or shipped names")
+    _add_set_option(p)
     p.set_defaults(func=cmd_validate)
     return parser
 

@@ -217,6 +217,33 @@ def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "seed: expected int" in capsys.readouterr().err
 
 
+def test_set_overrides_config_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "small.yaml", small_raw())
+    out = tmp_path / "run"
+    args = ["--set", "data.n=2", "--set", "data.batch_size=2", "--set", "seed=7"]
+    assert cli.main(["run", str(cfg), "--out", str(out), "--no-progress", *args]) == 0
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert stored["data"]["n"] == 2 and stored["seed"] == 7
+    assert "# --set seed=7" in (out / "config.source.yaml").read_text()
+    assert json.loads((out / "report.json").read_text())["clean"]["evaluated"] == 2
+    capsys.readouterr()
+    # the same overrides resume the same run; without them it is another config
+    assert cli.main(["run", str(cfg), "--out", str(out), "--no-progress", *args]) == 0
+    assert "0 run, 7 already done" in capsys.readouterr().out
+    assert cli.main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    capsys.readouterr()
+    for bad, message in (
+        ("data.n", "expected KEY=VALUE"),
+        ("attacks.5.eps=1", "attacks.5: no item '5'"),
+        ("model.nme=x", "model.nme: unknown key"),
+        ("data.n=[1", "invalid YAML value"),
+        ("seed.x=1", "seed is a value"),
+        ("data.n=-1", "data.n"),
+    ):
+        assert cli.main(["validate", str(cfg), "--set", bad]) == 2, bad
+        assert message in one_line_error(capsys.readouterr().err), bad
+
+
 # --------------------------------------------------------------------------- list, bench
 
 

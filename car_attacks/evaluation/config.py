@@ -44,7 +44,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PeerConfig",
+    "apply_overrides",
     "config_hash",
     "load_config",
     "parse_config",
@@ -495,10 +496,61 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path, *, check: bool = True) -> tuple[ExperimentConfig, str]:
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """``raw`` with ``KEY=VALUE`` overrides applied (the command line's ``--set``).
+
+    ``KEY`` is a dotted path (``model.name``, ``data.n``, ``attacks.0.params.steps``:
+    list items by index); ``VALUE`` is parsed as YAML (``0.5``, ``[car, naive]``,
+    ``null``). A path must lead through existing mappings and lists; its last key may
+    be new (the schema then checks it). Raises :class:`ConfigError` naming the override.
+    """
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError("--set", f"expected KEY=VALUE with a dotted KEY, got {item!r}")
+        try:
+            value = yaml.load(value_text, Loader=_StrictLoader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}", f"invalid YAML value {value_text!r}: {exc}") from None
+        node: Any = out
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise ConfigError(
+                        f"--set {key}", f"{where}: no item {part!r} (the list has {len(node)})"
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                elif part not in node:
+                    raise ConfigError(f"--set {key}", f"{where}: no such key in the config")
+                else:
+                    node = node[part]
+            else:
+                raise ConfigError(
+                    f"--set {key}", f"{'.'.join(parts[:depth])} is a value, not a mapping or list"
+                )
+    return out
+
+
+def load_config(
+    path: str | Path, *, check: bool = True, overrides: Sequence[str] = ()
+) -> tuple[ExperimentConfig, str]:
     """Read, parse and (with ``check``) resolve every name in a YAML config file.
 
-    Returns the config and the file's text. Raises :class:`ConfigError`.
+    ``overrides`` are ``KEY=VALUE`` strings (:func:`apply_overrides`). Returns the config
+    and the file's text (with the overrides appended as comments). Raises
+    :class:`ConfigError`.
     """
     p = Path(path)
     try:
@@ -522,6 +574,9 @@ def load_config(path: str | Path, *, check: bool = True) -> tuple[ExperimentConf
         raise ConfigError("", f"{p}: invalid YAML: nested too deeply") from None
     if raw is None:
         raise ConfigError("", f"{p}: the config file is empty")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        text = text.rstrip("\n") + "\n" + "".join(f"# --set {o}\n" for o in overrides)
     config = parse_config(raw, default_name=_default_id(p.stem))
     if check:
         from .registry import check_references
