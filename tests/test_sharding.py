@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from car_attacks.evaluation import parse_config, run_experiment
-from car_attacks.evaluation.distributed import Distributed, shard
+from car_attacks.evaluation.distributed import Distributed, rank_device, shard
 from car_attacks.evaluation.storage import RunStore, unit_key
 
 TIMING = ("time_s", "cpu_s")
@@ -135,6 +135,13 @@ def test_shard_splits_every_group_evenly() -> None:
             assert max(per_rank) - min(per_rank) <= 1
         for s in shares:  # each share keeps the plan order
             assert s == sorted(s, key=items.index)
+
+
+def test_one_gpu_per_rank() -> None:
+    assert rank_device("cuda", Distributed(rank=3, world_size=4, local_rank=1)) == "cuda:1"
+    assert rank_device("cuda", Distributed()) == "cuda"
+    assert rank_device("cuda:2", Distributed(rank=1, world_size=2, local_rank=1)) == "cuda:2"
+    assert rank_device("cpu", Distributed(rank=1, world_size=2, local_rank=1)) == "cpu"
 
 
 def test_two_processes_equal_one(
