@@ -18,6 +18,17 @@ def dtype_name(t: ep.Tensor) -> str:
     return str(t.dtype).rsplit(".", 1)[-1]
 
 
+def dtype_limits(t: ep.Tensor) -> tuple[float, float]:
+    """The smallest normal and the largest finite value of ``t``'s floating dtype."""
+    if isinstance(t, ep.PyTorchTensor):
+        import torch
+
+        info: Any = torch.finfo(t.raw.dtype)
+    else:
+        info = np.finfo(t.raw.dtype)
+    return float(info.tiny), float(info.max)
+
+
 def is_floating(t: ep.Tensor) -> bool:
     """Whether ``t`` holds floating-point values."""
     return dtype_name(t).startswith(("float", "bfloat"))
@@ -74,27 +85,30 @@ def flatten_batch(v: ep.Tensor) -> ep.Tensor:
     return v.reshape((v.shape[0], -1))
 
 
-def lp_norms(v: ep.Tensor, p: float) -> ep.Tensor:
+def lp_norms(v: ep.Tensor, p: float, *, scaled: bool = False) -> ep.Tensor:
     """Per-sample Lp norm of a batch, shape ``(N,)``: ``(sum_i |v_i|^p)^(1/p)``, ``max_i |v_i|``.
 
     For p other than 1, 2 and inf the values are divided by their per-sample
-    maximum first, so large p neither overflows nor underflows.
+    maximum first, so large p neither overflows nor underflows. ``scaled`` does
+    that for p = 2 too (two more passes; float32 squares leave its range
+    outside about 1e-19 .. 1e19).
     """
     a = flatten_batch(v).abs()
     if p == math.inf:
         return a.max(axis=1)
     if p == 1:
         return a.sum(axis=1)
-    if p == 2:
+    if p == 2 and not scaled:
         return a.square().sum(axis=1).sqrt()
     scale = a.max(axis=1, keepdims=True)
     safe = ep.where(scale > 0, scale, ep.ones_like(scale))
     return ((a / safe) ** p).sum(axis=1) ** (1.0 / p) * safe[:, 0]
 
 
-def to_backend(value: Any, like: ep.Tensor) -> ep.Tensor:
+def to_backend(value: Any, like: ep.Tensor, *, cast: bool = True) -> ep.Tensor:
     """Turn a float, a sequence, a NumPy array or a native tensor into an EagerPy tensor
-    on the backend (and device) of ``like``, in ``like``'s dtype."""
+    on the backend (and device) of ``like``, in ``like``'s dtype (``cast=False``: in its
+    own floating dtype, float64 for Python and NumPy values)."""
     if isinstance(value, ep.Tensor):
         t = value
     else:
@@ -107,6 +121,8 @@ def to_backend(value: Any, like: ep.Tensor) -> ep.Tensor:
         t = ep.from_numpy(like, t.numpy())
     if isinstance(like, ep.PyTorchTensor) and t.raw.device != like.raw.device:
         t = ep.astensor(t.raw.to(like.raw.device))
+    if not cast:
+        return t if is_floating(t) else t.float64()
     return t.astype(like.dtype)
 
 

@@ -32,8 +32,17 @@ from ._tensors import (
     lp_norms,
     room_along,
 )
-from .rescaling import solve_eta
-from .validation import as_bounds, as_eps, check_batch, check_in_bounds, check_same_shape, parse_p
+from .rescaling import needs_float64, solve_eta
+from .validation import (
+    as_bounds,
+    as_eps,
+    as_tensors,
+    cast_like,
+    check_batch,
+    check_in_bounds,
+    check_same_shape,
+    parse_p,
+)
 
 PROJECTION_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
 
@@ -51,9 +60,11 @@ def project_lp_ball_box(
         bounds: ``(lo, hi)``, floats or tensors broadcastable to ``x0``.
 
     Returns:
-        The projection, same type, shape and dtype as ``x0``.
+        The projection, same type, shape and dtype as ``x0`` (float32 L2 inputs of
+        extreme range are computed in float64, see
+        :data:`~car_attacks.rescaling.FLOAT32_RANGE`).
     """
-    (x0_, z_), restore = ep.astensors_(x0, z)
+    (x0_, z_), restore = as_tensors(x0=x0, z=z)
     p_ = parse_p(p)
     if p_ not in PROJECTION_NORMS:
         raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")
@@ -61,10 +72,15 @@ def project_lp_ball_box(
     check_batch(z_, "z")
     check_same_shape(x0_, z_, "x0", "z")
     xc = compute_dtype(x0_)
-    zc = compute_dtype(z_).astype(xc.dtype)
+    zc = cast_like(compute_dtype(z_), xc, "z")
     lo, hi = as_bounds(bounds, xc)
     check_in_bounds(xc, lo, hi, "x0")
-    projected = project_unchecked(xc, zc, as_eps(eps, xc), p=p_, lo=lo, hi=hi)
+    eps_ = as_eps(eps, xc)
+    if p_ == 2 and needs_float64(zc - xc, eps_, lo, hi):
+        xc, zc, eps_ = xc.float64(), zc.float64(), eps_.float64()
+        lo = lo if isinstance(lo, float) else lo.float64()
+        hi = hi if isinstance(hi, float) else hi.float64()
+    projected = project_unchecked(xc, zc, eps_, p=p_, lo=lo, hi=hi)
     return restore(projected.astype(x0_.dtype if is_floating(x0_) else xc.dtype))
 
 
@@ -101,7 +117,7 @@ def project_l2(
     ``method`` is the solver of the CAR equation (see :func:`~car_attacks.rescaling.solve_eta`).
     """
     clipped = clip_to_bounds(z, lo, hi)
-    inside = lp_norms(clipped - x0, 2.0) <= eps
+    inside = lp_norms(clipped - x0, 2.0, scaled=True) <= eps  # tiny moves must not square to 0
     if inside.all().item():
         return clipped
     direction = z - x0
@@ -121,6 +137,12 @@ def project_l1(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound
         return clip_to_bounds(z, lo, hi)
     lam = ep.where(inside.reshape((-1, 1)), 0.0, l1_threshold(size, room, eps))
     magnitude = ep.minimum(ep.maximum(size - lam, 0.0), room)
+    # With z far from x0, lam is close to |w| and |w| - lam carries ulps of |w|, far more
+    # than of eps: shrink the rows whose norm rounding pushed past eps back onto the ball.
+    total = magnitude.sum(axis=1, keepdims=True)
+    eps_col = eps.reshape((-1, 1))
+    over = total > eps_col
+    magnitude = magnitude * ep.where(over, eps_col / ep.where(over, total, 1.0), 1.0)
     # x0 + room can round one ulp past the bound; the clip only undoes that rounding
     return clip_to_bounds(x0 + (w.sign() * magnitude).reshape(x0.shape), lo, hi)
 

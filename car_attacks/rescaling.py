@@ -45,6 +45,7 @@ from ._tensors import (
     Bound,
     batch_view,
     compute_dtype,
+    dtype_limits,
     dtype_name,
     flatten_batch,
     is_floating,
@@ -54,12 +55,31 @@ from ._tensors import (
     select,
     stop_gradient,
 )
-from .validation import as_bounds, as_eps, check_batch, check_in_bounds, check_same_shape, parse_p
+from .validation import (
+    as_bounds,
+    as_eps,
+    as_tensors,
+    cast_like,
+    check_batch,
+    check_in_bounds,
+    check_same_shape,
+    parse_p,
+)
 
 Method = Literal["newton", "sort", "bisection", "naive"]
 METHODS: tuple[str, ...] = ("newton", "sort", "bisection", "naive")
 NEWTON_MAX_ITER = 32
 """Newton iterations before the remaining samples are solved by sorting (3-9 are typical)."""
+VERIFY_RTOL = 1e-9
+"""Relative accuracy of the clipped norm that :func:`clipping_aware_rescaling` checks for p
+other than 1, 2 and inf (solved in float64) before it falls back to bisection."""
+FULL_BISECTION_STEPS = 2200
+"""Enough halvings to narrow ``[0, eta_max]`` to adjacent float64 numbers (2098 binades + 53)."""
+FLOAT32_RANGE = 1e12
+"""The float32 solves for p = 1 and 2 work on ``|delta|`` (p = 2: its square relative to the
+largest), the room and ``eps`` unscaled: the public functions solve in float64 when a
+sample's non-zero ``|delta|`` spans more than this factor, a non-zero ``eps`` is below its
+inverse, the bounds are wider than it, or that span times the width exceeds 1e18."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +118,18 @@ def clipping_aware_rescaling(
 
     Returns:
         ``eta`` of shape ``(N, 1, ..., 1)``, the type of ``x`` and its dtype
-        (half precision is computed in float32). Where ``eps`` exceeds the
-        largest attainable clipped norm (see :func:`reachable_norm`), the
+        (half precision is computed in float32; float32 inputs of extreme
+        range, see :data:`FLOAT32_RANGE`, and p other than 1, 2 and inf in
+        float64, the latter checked to :data:`VERIFY_RTOL`). Where ``eps`` exceeds
+        the largest attainable clipped norm (see :func:`reachable_norm`), the
         smallest ``eta`` that attains it.
+
+    Raises:
+        ValueError: for invalid arguments, and where ``eta`` does not fit the dtype
+            of ``x``: it overflows (``delta`` tiny compared with ``eps`` and the room
+            to the bounds) or is below the smallest normal number though not 0.
     """
-    (x_, delta_), restore = ep.astensors_(x, delta)
+    (x_, delta_), restore = as_tensors(x=x, delta=delta)
     xc, dc, lo, hi, eps_, p_ = _checked(x_, delta_, eps, p, bounds)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
@@ -112,6 +139,9 @@ def clipping_aware_rescaling(
         raise ValueError(
             f"bisection_max_steps must be >= 1, got bisection_max_steps={bisection_max_steps!r}"
         )
+    general_p = p_ not in (1.0, 2.0, math.inf)
+    if general_p or (p_ in (1.0, 2.0) and needs_float64(dc, eps_, lo, hi)):
+        xc, dc, eps_, lo, hi = xc.float64(), dc.float64(), eps_.float64(), _f64(lo), _f64(hi)
     eta = solve_eta(
         xc,
         dc,
@@ -123,8 +153,12 @@ def clipping_aware_rescaling(
         bisection_rtol=bisection_rtol,
         bisection_max_steps=bisection_max_steps,
     )
+    if general_p and method in ("newton", "sort"):
+        eta = _verified(xc, dc, eps_, eta, p_, lo, hi)
     out_dtype = x_.dtype if is_floating(x_) else xc.dtype
-    return restore(batch_view(eta, x_.ndim).astype(out_dtype))
+    eta = batch_view(eta, x_.ndim).astype(out_dtype)
+    _check_representable(eta, xc, dc, eps_, p_, lo, hi)
+    return restore(eta)
 
 
 def reachable_norm(x: Any, delta: Any, *, p: float | str = 2, bounds: Any = (0.0, 1.0)) -> Any:
@@ -132,25 +166,52 @@ def reachable_norm(x: Any, delta: Any, *, p: float | str = 2, bounds: Any = (0.0
 
     It is ``|| r * [delta != 0] ||_p`` with ``r`` the room to the box along ``delta``.
     """
-    (x_, delta_), restore = ep.astensors_(x, delta)
+    (x_, delta_), restore = as_tensors(x=x, delta=delta)
     xc, dc, lo, hi, _, p_ = _checked(x_, delta_, 0.0, p, bounds)
-    return restore(reachable_norm_unchecked(xc, dc, p=p_, lo=lo, hi=hi))
+    return restore(reachable_norm_unchecked(xc, dc, p=p_, lo=lo, hi=hi, scaled=True))
 
 
 def lp_norm(v: Any, p: float | str = 2) -> Any:
-    """Per-sample Lp norm of a batch ``(N, ...)``, shape ``(N,)``, same tensor type as ``v``."""
-    v_, restore = ep.astensor_(v)
+    """Per-sample Lp norm of a batch ``(N, ...)``, shape ``(N,)``, same tensor type as ``v``.
+
+    Raises ValueError where a norm overflows the dtype (float32 for half precision).
+    """
+    (v_,), restore = as_tensors(v=v)
     p_ = parse_p(p)
     check_batch(v_, "v")
-    return restore(lp_norms(compute_dtype(v_), p_))
+    norms = lp_norms(compute_dtype(v_), p_, scaled=True)
+    if ep.isinf(norms).any().item():
+        raise ValueError(f"the norm of v overflows {dtype_name(norms)} (p={p!r})")
+    return restore(norms)
 
 
 def reachable_norm_unchecked(
-    x: ep.Tensor, delta: ep.Tensor, *, p: float, lo: Bound, hi: Bound
+    x: ep.Tensor, delta: ep.Tensor, *, p: float, lo: Bound, hi: Bound, scaled: bool = False
 ) -> ep.Tensor:
-    """:func:`reachable_norm` on EagerPy tensors without input checks."""
+    """:func:`reachable_norm` on EagerPy tensors without input checks (``scaled``: see
+    :func:`~car_attacks._tensors.lp_norms`)."""
     room = ep.where(delta != 0, room_along(x, delta, lo, hi), 0.0)
-    return lp_norms(room, p)
+    return lp_norms(room, p, scaled=scaled)
+
+
+def needs_float64(delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> bool:
+    """Whether a p = 1 or 2 problem in float32 (``delta`` and ``eps`` of the compute dtype)
+    is outside :data:`FLOAT32_RANGE`: its squares could lose coordinates or ``eps``, or the
+    scales it passes through on the way (``t``, the breakpoints ``r_i / |delta_i|``, up to
+    ``width max|delta| / min|delta|``) could leave float32's normal range."""
+    if dtype_name(delta) == "float64":
+        return False
+    if ep.logical_and(eps > 0, eps < 1 / FLOAT32_RANGE).any().item():
+        return True
+    width = hi - lo
+    widest = width if isinstance(width, float) else float(width.max().item())
+    if widest > FLOAT32_RANGE:
+        return True
+    size = flatten_batch(delta).abs()
+    smallest = select(size > 0, size, math.inf).min(axis=1)  # inf for zero rows
+    # max / smallest > FLOAT32_RANGE or times widest > FLOAT32_RANGE^1.5, without overflow
+    factor = max(1 / FLOAT32_RANGE, widest / FLOAT32_RANGE**1.5)
+    return bool((size.max(axis=1) * factor > smallest).any().item())
 
 
 def solve_eta(
@@ -233,13 +294,15 @@ def solve_eta_with_info(
 
     if needs_grad(x, delta, eps, lo, hi):
         problem = _PowerProblem.build(x, delta, eps, p, lo, hi, reachable=detached.reachable)
-        return problem.eta_from_saturation(t), info
-    if active_sum is None:
-        return detached.eta_from_saturation(t), info
-    eta = detached.eta_from_t(t, active_sum)
-    if unfinished is not None:  # the samples the sort solved
-        eta = ep.where(unfinished[:, 0], detached.eta_from_saturation(t), eta)
-    return eta, info
+        eta = problem.eta_from_saturation(t)
+    elif active_sum is None:
+        eta = detached.eta_from_saturation(t)
+    else:
+        eta = detached.eta_from_t(t, active_sum)
+        if unfinished is not None:  # the samples the sort solved
+            eta = ep.where(unfinished[:, 0], detached.eta_from_saturation(t), eta)
+    # t = (eta d_scale / r_scale)^p overflowed (for p = 1: eta itself): report eta = inf
+    return select(ep.isinf(t[:, 0]), math.inf, eta), info
 
 
 @dataclass
@@ -248,9 +311,11 @@ class _PowerProblem:
 
     ``dp = (|delta| / d_scale)^p`` and ``rp = (r / r_scale)^p``: the directions are
     normalised by their largest entry (gradients can be tiny), and for p other than
-    1 and 2 the room too, so large p neither overflows nor underflows the largest
-    terms. ``eta = t^(1/p) * r_scale / d_scale``. Coordinates that do not move
-    (``delta_i = 0``) have ``dp = rp = 0``: they never contribute.
+    1 and 2 the room too, by ``eps`` where it is below the largest room (else by that
+    room), so large p overflows none of the largest terms and the target ``E`` is 1
+    or more; rooms whose power would overflow are capped (they cannot saturate before
+    ``E`` is reached). ``eta = t^(1/p) * r_scale / d_scale``. Coordinates that do not
+    move (``delta_i = 0``) have ``dp = rp = 0``: they never contribute.
     """
 
     x: ep.Tensor
@@ -285,8 +350,12 @@ class _PowerProblem:
             d_scale = _nonzero_or_one(d.max(axis=1, keepdims=True))
             d = d / d_scale
         if p not in (1.0, 2.0):
-            r_scale = _nonzero_or_one(room.max(axis=1, keepdims=True))
-            room = room / r_scale
+            largest = stop_gradient(room).max(axis=1, keepdims=True)
+            e = stop_gradient(eps).reshape((-1, 1))
+            below = ep.logical_and(e > 0, e < largest)
+            r_scale = ep.where(below, e, _nonzero_or_one(largest))
+            cap = (dtype_limits(room)[1] / (2 * room.shape[1])) ** (1 / p)
+            room = ep.minimum(room / r_scale, cap)
         dp = _pow(d, p)
         del d
         rp = _pow(room, p)
@@ -325,13 +394,15 @@ class _PowerProblem:
         return self.eta_from_t(t + (self.target - g) / _nonzero_or_one(s), s)
 
     def eta_from_t(self, t: ep.Tensor, active_sum: ep.Tensor) -> ep.Tensor:
-        """``eta = t^(1/p) r_scale / d_scale``; the saturating scale where nothing stays
-        active (``S = 0``) or the target is unreachable."""
+        """``eta = t^(1/p) r_scale / d_scale``; the saturating scale where the target is
+        unreachable, or positive with nothing left active (``S = 0``; a zero target is met
+        by ``eta = 0`` even where rounding left every ``rp`` at 0)."""
         t = ep.maximum(t, 0.0)
         positive = t > 0
         root = ep.where(positive, _nonzero_or_one(t) ** (1.0 / self.p), 0.0)
         eta = (root * self.r_scale / self.d_scale)[:, 0]
-        use_max = ep.logical_or(ep.logical_not(self.reachable), active_sum <= 0)[:, 0]
+        stuck = ep.logical_and(active_sum <= 0, self.target > 0)
+        use_max = ep.logical_or(ep.logical_not(self.reachable), stuck)[:, 0]
         if use_max.any().item():
             eta = ep.where(use_max, _saturating_eta(self.x, self.delta, self.lo, self.hi), eta)
         return eta
@@ -445,6 +516,53 @@ def _bisection(
     return eta, SolveInfo("bisection", steps)
 
 
+def _check_representable(
+    eta: ep.Tensor, x: ep.Tensor, delta: ep.Tensor, eps: ep.Tensor, p: float, lo: Bound, hi: Bound
+) -> None:
+    """ValueError where ``eta`` (in the output dtype) overflows, or lies below the smallest
+    normal number although the answer is not 0 (``eps > 0`` and a reachable norm > 0)."""
+    tiny, largest = dtype_limits(eta)
+    flat = eta.reshape((-1,))
+    wrong = ep.isinf(flat)
+    if wrong.any().item():
+        problem = "delta is too small for eps and the room to the bounds; scale delta up"
+    else:
+        wrong = ep.logical_and(flat < tiny, eps > 0)
+        if not wrong.any().item():
+            return
+        wrong = ep.logical_and(wrong, reachable_norm_unchecked(x, delta, p=p, lo=lo, hi=hi) > 0)
+        if not wrong.any().item():
+            return
+        problem = "delta is too large for eps; scale delta down"
+    raise ValueError(
+        f"eta does not fit {dtype_name(eta)} (range {tiny:g} .. {largest:g}) for "
+        f"{int(wrong.astype(x.dtype).sum().item())} sample(s): {problem} or pass float64 inputs"
+    )
+
+
+def _verified(
+    x: ep.Tensor, delta: ep.Tensor, eps: ep.Tensor, eta: ep.Tensor, p: float, lo: Bound, hi: Bound
+) -> ep.Tensor:
+    """``eta`` where its clipped norm is ``min(eps, reachable)`` to :data:`VERIFY_RTOL`, else
+    (not differentiable) the bisection run to the dtype's resolution.
+
+    For p other than 1, 2 and inf, ``|delta_i|^p`` of one sample can span more than
+    the dtype's range (large p, or entries of ``delta`` decades apart): the lost
+    coordinates rarely matter, but where they do, this notices.
+    """
+    x, delta, eps = stop_gradient(x), stop_gradient(delta), stop_gradient(eps)
+    lo, hi = _sg(lo), _sg(hi)
+    speed = flatten_batch(delta).abs()
+    room = ep.where(speed > 0, flatten_batch(room_along(x, delta, lo, hi)), 0.0)
+    target = ep.minimum(eps, lp_norms(room, p))
+    achieved = lp_norms(ep.minimum(stop_gradient(eta).reshape((-1, 1)) * speed, room), p)
+    wrong = ep.logical_not((achieved - target).abs() <= VERIFY_RTOL * target)
+    if not wrong.any().item():
+        return eta
+    exact, _ = _bisection(x, delta, eps, p, lo, hi, 0.0, FULL_BISECTION_STEPS)
+    return ep.where(wrong, exact, eta)
+
+
 def _saturating_eta(x: ep.Tensor, delta: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
     """Smallest ``eta`` at which every moving coordinate is clipped: ``max_i r_i / |delta_i|``."""
     d = flatten_batch(delta).abs()
@@ -461,7 +579,7 @@ def _checked(
     check_batch(delta, "delta")
     check_same_shape(x, delta, "x", "delta")
     xc = compute_dtype(x)
-    dc = compute_dtype(delta).astype(xc.dtype)
+    dc = cast_like(compute_dtype(delta), xc, "delta")
     lo, hi = as_bounds(bounds, xc)
     check_in_bounds(xc, lo, hi, "x")
     return xc, dc, lo, hi, as_eps(eps, xc), p_

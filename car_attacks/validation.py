@@ -7,11 +7,13 @@ value, so a bad call fails loudly instead of returning a silently wrong scale.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 
-from ._tensors import Bound, flatten_batch, to_backend
+from ._tensors import Bound, dtype_limits, dtype_name, flatten_batch, to_backend
 
 BOUNDS_TOLERANCE = 1e-5
 """Relative tolerance (of ``hi - lo``) for inputs that sit slightly outside the bounds."""
@@ -33,12 +35,30 @@ def parse_p(p: Any) -> float:
     return value
 
 
+def as_tensors(**arrays: Any) -> tuple[list[ep.Tensor], Callable[..., Any]]:
+    """``ep.astensors_`` of the keyword arguments; ValueError naming one that is no array."""
+    for name, value in arrays.items():
+        try:
+            ep.astensor(value)
+        except ValueError:
+            raise ValueError(
+                f"{name} must be a NumPy, PyTorch, JAX or TensorFlow array, got "
+                f"{type(value).__name__}"
+            ) from None
+    tensors, restore = ep.astensors_(*arrays.values())
+    return list(tensors), restore
+
+
 def check_batch(x: ep.Tensor, name: str) -> None:
-    """``x`` is a non-empty batch ``(N, ...)`` of finite values."""
+    """``x`` is a non-empty batch ``(N, ...)`` of finite real values."""
+    if dtype_name(x).startswith("complex"):
+        raise ValueError(f"{name} must be real, got dtype {dtype_name(x)}")
     if x.ndim < 1:
         raise ValueError(f"{name} must be a batch of shape (N, ...), got a scalar")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); N must be >= 1")
+    if math.prod(x.shape) == 0:
+        raise ValueError(f"{name} has no values per sample (shape {tuple(x.shape)})")
     check_finite(x, name)
 
 
@@ -52,7 +72,12 @@ def check_finite(t: ep.Tensor, name: str) -> None:
 
 
 def check_same_shape(a: ep.Tensor, b: ep.Tensor, name_a: str, name_b: str) -> None:
-    """``a`` and ``b`` have identical shapes."""
+    """``a`` and ``b`` are arrays of the same kind (NumPy, PyTorch, ...) with identical shapes."""
+    if type(a) is not type(b):
+        raise ValueError(
+            f"{name_a} and {name_b} must be the same kind of array, got "
+            f"{type(a.raw).__name__} and {type(b.raw).__name__}"
+        )
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} "
@@ -64,7 +89,8 @@ def as_bounds(bounds: Any, like: ep.Tensor) -> tuple[Bound, Bound]:
     """Parse ``bounds = (lo, hi)``: floats, or tensors broadcastable to ``like``.
 
     Returns floats for scalar bounds (the fast path) and EagerPy tensors of
-    ``like``'s backend and dtype otherwise.
+    ``like``'s backend and dtype (float32 or float64) otherwise. The bounds and
+    their distance must be finite in that dtype.
     """
     try:
         lo_raw, hi_raw = bounds
@@ -73,25 +99,37 @@ def as_bounds(bounds: Any, like: ep.Tensor) -> tuple[Bound, Bound]:
     parsed: list[Bound] = []
     for raw, label in ((lo_raw, "lower"), (hi_raw, "upper")):
         if isinstance(raw, int | float) and not isinstance(raw, bool):
-            if not math.isfinite(raw):
-                raise ValueError(f"bounds {label} must be finite, got bounds={bounds!r}")
-            parsed.append(float(raw))
+            value = _as_float(raw)
+            if not math.isfinite(value) or abs(value) > dtype_limits(like)[1]:
+                raise ValueError(
+                    f"bounds {label} must be finite in {dtype_name(like)}, got bounds={bounds!r}"
+                )
+            parsed.append(value)
             continue
-        t = to_backend(raw, like)
+        t = as_tensor_arg(raw, like, f"bounds ({label})")
         try:
-            ep.zeros_like(like) + t
-        except Exception:  # noqa: BLE001 - any broadcasting failure is a shape error
+            broadcast = np.broadcast_shapes(tuple(t.shape), tuple(like.shape))
+        except ValueError:
+            broadcast = None
+        if broadcast != tuple(like.shape):
             raise ValueError(
                 f"bounds {label} of shape {tuple(t.shape)} does not broadcast to "
                 f"shape {tuple(like.shape)}"
-            ) from None
-        check_finite(t, f"bounds ({label})")
+            )
         parsed.append(float(t.item()) if t.ndim == 0 else t)
     lo, hi = parsed
     gap = hi - lo
-    not_ordered = gap <= 0 if isinstance(gap, float) else (gap <= 0).any().item()
+    if isinstance(gap, float):
+        not_ordered, too_wide = gap <= 0, gap > dtype_limits(like)[1]
+    else:
+        not_ordered, too_wide = bool((gap <= 0).any().item()), bool(ep.isinf(gap).any().item())
     if not_ordered:
         raise ValueError(f"bounds must satisfy lower < upper everywhere, got bounds={bounds!r}")
+    if too_wide:
+        raise ValueError(
+            f"bounds are too far apart for {dtype_name(like)} (upper - lower overflows), "
+            f"got bounds={bounds!r}"
+        )
     return lo, hi
 
 
@@ -111,13 +149,17 @@ def check_in_bounds(x: ep.Tensor, lo: Bound, hi: Bound, name: str) -> None:
 
 
 def as_eps(eps: Any, like: ep.Tensor, name: str = "eps") -> ep.Tensor:
-    """Per-sample targets ``(N,)`` from a float or a length-N tensor; finite and >= 0."""
+    """Per-sample targets ``(N,)`` from a float or a length-N tensor; finite in ``like``'s
+    dtype (float32 or float64) and >= 0."""
     n = like.shape[0]
     if isinstance(eps, int | float) and not isinstance(eps, bool):
-        if not math.isfinite(eps) or eps < 0:
+        value = _as_float(eps)
+        if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be finite and >= 0, got {name}={eps!r}")
-        return ep.full(like, (n,), float(eps))
-    t = to_backend(eps, like)
+        if value > dtype_limits(like)[1]:
+            raise ValueError(f"{name} is too large for {dtype_name(like)}, got {name}={eps!r}")
+        return ep.full(like, (n,), value)
+    t = as_tensor_arg(eps, like, name)
     if t.ndim == 0:
         t = t.reshape((1,))
     if t.ndim != 1 or t.shape[0] not in (1, n):
@@ -125,9 +167,41 @@ def as_eps(eps: Any, like: ep.Tensor, name: str = "eps") -> ep.Tensor:
             f"{name} must be a float or have shape ({n},) (one per sample), got shape "
             f"{tuple(t.shape)}"
         )
-    check_finite(t, name)
     if (t < 0).any().item():
         raise ValueError(f"{name} must be >= 0, got {name} with minimum {t.min().item()}")
     if t.shape[0] == 1 and n != 1:
         t = ep.full(like, (n,), 1.0) * t
     return t
+
+
+def as_tensor_arg(value: Any, like: ep.Tensor, name: str) -> ep.Tensor:
+    """``value`` (a number, a sequence, an array or a tensor) as a finite tensor on
+    ``like``'s backend in ``like``'s dtype."""
+    try:
+        t = to_backend(value, like, cast=False)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be numbers, got {name}={value!r}") from None
+    check_finite(t, name)
+    return cast_like(t, like, name)
+
+
+def cast_like(t: ep.Tensor, like: ep.Tensor, name: str) -> ep.Tensor:
+    """The finite ``t`` in ``like``'s dtype; its values must not overflow that dtype."""
+    if t.dtype == like.dtype:
+        return t
+    cast = t.astype(like.dtype)
+    if ep.isinf(cast).any().item():
+        largest = float(t.abs().max().item())
+        raise ValueError(
+            f"{name} has values too large for {dtype_name(like)} (the dtype of the "
+            f"computation), e.g. {largest:g}"
+        )
+    return cast
+
+
+def _as_float(value: float) -> float:
+    """A Python number as a float; integers too large for a float become infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf

@@ -166,7 +166,8 @@ def project_l1_ball(v, x0, eps: float) -> np.ndarray:
     u = np.sort(a)[::-1]
     css = np.cumsum(u) - eps
     j = np.arange(1, len(u) + 1)
-    rho = np.nonzero(u - css / j > 0)[0][-1]
+    # j = 1 always qualifies (eps > 0), though rounding can hide it when eps << u[0]
+    rho = max(np.nonzero(u - css / j > 0)[0], default=0)
     theta = css[rho] / (rho + 1.0)
     return x0 + np.sign(d) * np.maximum(a - theta, 0.0)
 

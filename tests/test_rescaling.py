@@ -770,8 +770,15 @@ def test_property_effective_norm_is_min_eps_reachable(
     e = as64(eta).reshape(-1)
     assert np.all(np.isfinite(e)) and np.all(e >= 0)
     np.testing.assert_allclose(case.norm_of(e), case.target, rtol=1e-10, atol=1e-13 * width)
-    # and it is the smallest such eta
-    np.testing.assert_allclose(e, case.eta_ref, rtol=1e-7, atol=1e-300)
+    # and it is the smallest such eta, up to the problem's conditioning: near the reachable
+    # norm (p < inf) the norm is flat to rounding, up to the saturating eta
+    slack = 1e-9
+    lower = case.oracle_eta(case.target * (1 - slack))
+    upper = case.oracle_eta(np.minimum(case.target * (1 + slack), case.reach))
+    if p != math.inf:
+        saturating = eta_upper_bracket(case.x64, case.d64, lo, hi)
+        upper = np.where(case.target * (1 + slack) >= case.reach, saturating, upper)
+    assert np.all(e >= lower * (1 - 1e-7)) and np.all(e <= upper * (1 + 1e-7)), (e, lower, upper)
 
 
 # --------------------------------------------------------------------------- foolbox
