@@ -133,6 +133,7 @@ def soundness_details(
     rtol: float = RTOL,
     atol: float = ATOL,
     batch_size: int | None = None,
+    predictions: Any = None,
 ) -> SoundnessResult:
     """Distances, predictions and violation flags of attack results against radii.
 
@@ -145,6 +146,7 @@ def soundness_details(
         rtol, atol: a distance counts as inside the certified ball when it is
             ``< radius (1 - rtol) - atol``.
         batch_size: evaluate the model in batches of this size.
+        predictions: ``argmax model(x)`` if the caller has it (saves a forward pass).
     """
     if not (rtol >= 0 and atol >= 0):
         raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
@@ -160,7 +162,12 @@ def soundness_details(
             f"need one label and one radius per sample ({n}), got {len(yt)}, {len(rt)}"
         )
     distances = (ct.detach().double() - xt.detach().double()).reshape(n, -1).norm(dim=1)
-    pred = _predict(model, xt, batch_size)
+    if predictions is None:
+        pred = _predict(model, xt, batch_size)
+    else:
+        pred = _as_tensor(predictions, xt).long().reshape(-1)
+        if len(pred) != n:
+            raise ValueError(f"need one prediction per sample ({n}), got {len(pred)}")
     pred_adv = _predict(model, ct.to(xt.dtype), batch_size)
     changed = pred_adv != pred
     inside = distances < rt * (1.0 - rtol) - atol
@@ -186,6 +193,7 @@ def check_soundness(
     rtol: float = RTOL,
     atol: float = ATOL,
     batch_size: int | None = None,
+    predictions: Any = None,
 ) -> Tensor:
     """Per-sample booleans ``(N,)``: the attack result ``clipped`` changes the prediction at
     ``x`` although ``||clipped - x||_2`` is below the certified radius (up to ``rtol`` /
@@ -194,7 +202,15 @@ def check_soundness(
     See :func:`soundness_details` for the arguments and the distances behind the flags.
     """
     return soundness_details(
-        model, x, y, clipped, radii, rtol=rtol, atol=atol, batch_size=batch_size
+        model,
+        x,
+        y,
+        clipped,
+        radii,
+        rtol=rtol,
+        atol=atol,
+        batch_size=batch_size,
+        predictions=predictions,
     ).violations
 
 
@@ -208,10 +224,19 @@ def soundness_column(
     rtol: float = RTOL,
     atol: float = ATOL,
     batch_size: int | None = None,
+    predictions: Any = None,
 ) -> list[bool]:
     """:func:`check_soundness` as a plain list (one JSON-able flag per sample)."""
     flags = check_soundness(
-        model, x, y, clipped, radii, rtol=rtol, atol=atol, batch_size=batch_size
+        model,
+        x,
+        y,
+        clipped,
+        radii,
+        rtol=rtol,
+        atol=atol,
+        batch_size=batch_size,
+        predictions=predictions,
     )
     return [bool(v) for v in flags.tolist()]
 

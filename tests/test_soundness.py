@@ -141,6 +141,12 @@ def test_check_catches_a_wrong_radius(
     assert torch.equal(flags, details.changed)
     column = soundness_column(bcop, x, y, start, wrong)
     assert column == [bool(v) for v in flags] and json.loads(json.dumps(column)) == column
+    # given predictions replace the forward pass at x: the true ones change nothing,
+    # predictions equal to the results' own make every sample unchanged
+    pred = bcop(x).argmax(dim=1)
+    assert torch.equal(check_soundness(bcop, x, y, start, wrong, predictions=pred), flags)
+    same = details.result_predictions
+    assert not bool(check_soundness(bcop, x, y, start, wrong, predictions=same).any())
 
 
 def test_attack_catches_an_understated_lipschitz_bound(
@@ -195,6 +201,8 @@ def test_invalid_inputs() -> None:
         check_soundness(model, x, torch.tensor([0]), torch.zeros(1, 3), torch.ones(1))
     with pytest.raises(ValueError, match="one label"):
         check_soundness(model, x, torch.tensor([0, 1]), x, torch.ones(1))
+    with pytest.raises(ValueError, match="one prediction per sample"):
+        check_soundness(model, x, torch.tensor([0]), x, torch.ones(1), predictions=[0, 1])
     with pytest.raises(ValueError, match="rtol"):
         check_soundness(model, x, torch.tensor([0]), x, torch.ones(1), rtol=-1.0)
     assert math.isinf(

@@ -324,22 +324,28 @@ class _Executor:
             self.attacks[peer.id] = make_peer(peer, norm, path=f"peers[{j}]")
         self.methods = {m.key: m for m in methods}
         self.lipschitz = certified_lipschitz(config, model, tuple(self.images.shape[1:]))
-        self._radii: dict[int, torch.Tensor] = {}
+        self._certificates: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def radii(self, batch: int, x: torch.Tensor) -> torch.Tensor:
-        """Certified L2 radii of a batch's samples (certified models only), cached."""
-        from ..lipschitz import certified_radius
+    def certificate(self, batch: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predictions, certified L2 radii)`` of a batch (certified models only), cached:
+        one forward pass, ``radius = margin / (sqrt(2) L)``."""
+        from ..lipschitz import prediction_margin
 
-        if batch not in self._radii:
-            self._radii[batch] = certified_radius(self.model, x, self.lipschitz)
-        return self._radii[batch]
+        if self.lipschitz is None:
+            raise ExperimentError(f"model {self.config.model.name!r} is not certified")
+        if batch not in self._certificates:
+            with torch.no_grad():
+                pred, margin = prediction_margin(self.model(x))
+            self._certificates[batch] = (pred, margin / (math.sqrt(2.0) * self.lipschitz))
+        return self._certificates[batch]
 
     def violations(self, batch: int, x: torch.Tensor, y: torch.Tensor, adv: Any) -> list[bool]:
         """The soundness column: per sample, does ``adv`` change the prediction from
         inside the certified L2 ball? (:func:`car_attacks.soundness.soundness_column`)."""
         from ..soundness import soundness_column
 
-        return soundness_column(self.model, x, y, adv, self.radii(batch, x))
+        pred, radii = self.certificate(batch, x)
+        return soundness_column(self.model, x, y, adv, radii, predictions=pred)
 
     def __call__(self, unit: Unit) -> dict[str, Any]:
         sl = batch_slice(self.config, unit.batch)
@@ -366,7 +372,7 @@ class _Executor:
                 record.update(
                     lipschitz=self.lipschitz,
                     input_size=int(x[0].numel()),
-                    radius=self.radii(unit.batch, x).double().tolist(),
+                    radius=self.certificate(unit.batch, x)[1].double().tolist(),
                 )
             return record
         seed = self.config.seed + unit.batch
@@ -558,13 +564,17 @@ def _run(
     dist.on_main(lambda: _existing_manifest(store, config))  # refuse early, write nothing
     pending = [u for u in units if u.key not in store.done_keys()]
     execute: Callable[[Unit], Any] | None = None
+
+    def make_executor() -> Callable[[Unit], Any]:
+        """The model and data on this rank's device."""
+        local = replace(config, device=rank_device(config.device, dist))
+        return (executor_factory or _Executor)(local, methods)
+
     if pending:
         say(f"loading model {config.model.name!r} and data {config.data.name!r}")
         error: BaseException | None = None
         try:
-            factory = executor_factory or _Executor
-            local = replace(config, device=rank_device(config.device, dist))
-            execute = factory(local, methods)
+            execute = make_executor()
         except Exception as exc:
             error = exc
         dist.check_all(error)
@@ -600,9 +610,7 @@ def _run(
         storage_s = 0.0
         try:
             if mine and execute is None:  # the directory changed since the first look
-                execute = (executor_factory or _Executor)(
-                    replace(config, device=rank_device(config.device, dist)), methods
-                )
+                execute = make_executor()
             total, initial = (len(mine), 0) if dist.active else (len(units), skipped)
             with _progress(total, initial, progress and dist.is_main) as bar:
                 for unit in mine:
