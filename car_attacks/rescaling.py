@@ -208,10 +208,11 @@ def needs_float64(delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> boo
     if widest > FLOAT32_RANGE:
         return True
     size = flatten_batch(delta).abs()
-    smallest = select(size > 0, size, math.inf).min(axis=1)  # inf for zero rows
-    # max / smallest > FLOAT32_RANGE or times widest > FLOAT32_RANGE^1.5, without overflow
+    # some non-zero |delta_i| below max |delta| / FLOAT32_RANGE (or, times widest, below
+    # max |delta| / FLOAT32_RANGE^1.5), without dividing
     factor = max(1 / FLOAT32_RANGE, widest / FLOAT32_RANGE**1.5)
-    return bool((size.max(axis=1) * factor > smallest).any().item())
+    below = size < size.max(axis=1, keepdims=True) * factor
+    return bool(ep.logical_and(below, size > 0).any().item())
 
 
 def solve_eta(
