@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ __all__ = [
     "ATOL",
     "RTOL",
     "AttackSoundness",
+    "SoundnessOptions",
     "SoundnessResult",
     "attack_soundness",
     "certified_radii",
@@ -183,17 +184,23 @@ def soundness_details(
     )
 
 
+class SoundnessOptions(TypedDict, total=False):
+    """Keyword options shared by :func:`soundness_details`, :func:`check_soundness` and
+    :func:`soundness_column` (see :func:`soundness_details`)."""
+
+    rtol: float
+    atol: float
+    batch_size: int | None
+    predictions: Any
+
+
 def check_soundness(
     model: nn.Module,
     x: Any,
     y: Any,
     clipped: Any,
     radii: Any,
-    *,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    batch_size: int | None = None,
-    predictions: Any = None,
+    **options: Unpack[SoundnessOptions],
 ) -> Tensor:
     """Per-sample booleans ``(N,)``: the attack result ``clipped`` changes the prediction at
     ``x`` although ``||clipped - x||_2`` is below the certified radius (up to ``rtol`` /
@@ -201,17 +208,7 @@ def check_soundness(
 
     See :func:`soundness_details` for the arguments and the distances behind the flags.
     """
-    return soundness_details(
-        model,
-        x,
-        y,
-        clipped,
-        radii,
-        rtol=rtol,
-        atol=atol,
-        batch_size=batch_size,
-        predictions=predictions,
-    ).violations
+    return soundness_details(model, x, y, clipped, radii, **options).violations
 
 
 def soundness_column(
@@ -220,25 +217,10 @@ def soundness_column(
     y: Any,
     clipped: Any,
     radii: Any,
-    *,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    batch_size: int | None = None,
-    predictions: Any = None,
+    **options: Unpack[SoundnessOptions],
 ) -> list[bool]:
     """:func:`check_soundness` as a plain list (one JSON-able flag per sample)."""
-    flags = check_soundness(
-        model,
-        x,
-        y,
-        clipped,
-        radii,
-        rtol=rtol,
-        atol=atol,
-        batch_size=batch_size,
-        predictions=predictions,
-    )
-    return [bool(v) for v in flags.tolist()]
+    return [bool(v) for v in check_soundness(model, x, y, clipped, radii, **options).tolist()]
 
 
 # --------------------------------------------------------------------------- attack suites

@@ -87,6 +87,11 @@ def _torchrun(nproc: int) -> list[str]:
     ]
 
 
+def _finish(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end with the test environment; output captured."""
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
 def results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Stored records by unit key, without timings."""
     out = {}
@@ -148,13 +153,7 @@ def test_two_processes_equal_one(
     config_file: Path, reference: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "sharded"
-    proc = subprocess.run(
-        _torchrun(2) + ["run", str(config_file), "--out", str(out), "--no-progress"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _finish(_torchrun(2) + ["run", str(config_file), "--out", str(out), "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert results(out) == reference
     assert set(stored_line_counts(out).values()) == {1}
@@ -240,13 +239,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(
     assert json.loads((out / "manifest.json").read_text())["status"] != "complete"
     # what was stored before the kill is already final
     assert all(reference[k] == v for k, v in partial.items())
-    proc = subprocess.run(
-        _run_cmd(config_file, out) + ["--no-progress"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _finish(_run_cmd(config_file, out) + ["--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stderr
     assert results(out) == reference
@@ -276,13 +269,7 @@ def test_rank_zero_errors_reach_every_rank(config_file: Path, tmp_path: Path) ->
     out = tmp_path / "foreign"
     out.mkdir()
     (out / "notes.txt").write_text("mine", encoding="utf-8")
-    proc = subprocess.run(
-        _torchrun(2) + ["run", str(config_file), "--out", str(out), "--no-progress"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _finish(_torchrun(2) + ["run", str(config_file), "--out", str(out), "--no-progress"])
     assert proc.returncode != 0
     assert proc.stderr.count("is not empty and is not a car-attacks run directory") == 2
     assert "car_attacks/" not in proc.stderr  # no traceback of ours (torchrun prints its own)
