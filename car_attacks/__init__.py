@@ -8,8 +8,8 @@ The core maths (backend-neutral through EagerPy):
 * :func:`project_lp_ball_box` -- exact projection onto Lp-ball ∩ box (p = 1, 2, inf).
 """
 
-from .projection import project_lp_ball_box
-from .rescaling import METHODS, clipping_aware_rescaling, lp_norm, reachable_norm
+from .core.projection import project_lp_ball_box
+from .core.rescaling import METHODS, clipping_aware_rescaling, lp_norm, reachable_norm
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ returns
     clip(x + eta * n, lo, hi)   with   ||clip(x + eta * n, lo, hi) - x||_p == eps
 
 for p = 1, 2 or inf (any p >= 1 works), ``eta`` from the exact Newton solve
-(:func:`car_attacks.rescaling.solve_eta`). Where even a saturating ``eta`` cannot reach
+(:func:`car_attacks.core.rescaling.solve_eta`). Where even a saturating ``eta`` cannot reach
 ``eps`` (a sample already at the box faces), the largest attainable norm along ``n`` is
 used (see :func:`car_attacks.reachable_norm`).
 
@@ -30,8 +30,8 @@ import eagerpy as ep
 import torch
 from torch import Tensor, nn
 
-from .rescaling import solve_eta
-from .validation import parse_p
+from .core.rescaling import solve_eta
+from .core.validation import parse_p
 
 __all__ = ["ClippingAwareNoise", "NoiseDistribution"]
 

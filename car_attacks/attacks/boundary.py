@@ -52,7 +52,7 @@ from foolbox.attacks.base import (
 from foolbox.attacks.blended_noise import LinearSearchBlendedUniformNoiseAttack
 from foolbox.distances import l2
 
-from .._tensors import batch_view, clip_to_bounds, flatten_batch, lp_norms
+from ..core.tensors import batch_view, clip_to_bounds, flatten_batch, lp_norms
 from .rescale import Rescaling, check_rescaling, model_bounds, rescale_eta
 from .sampling import draw
 

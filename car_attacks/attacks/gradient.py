@@ -43,7 +43,7 @@ from foolbox.criteria import Misclassification
 from foolbox.distances import LpDistance
 from foolbox.models import Model
 
-from .._tensors import Bound, batch_view, flatten_batch, lp_norms, room_along
+from ..core.tensors import Bound, batch_view, flatten_batch, lp_norms, room_along
 from .gradients import LossFn, cross_entropy_loss, loss_logits_and_grad
 from .rescale import (
     Rescaling,

@@ -58,7 +58,7 @@ from foolbox.attacks.base import (
 )
 from foolbox.distances import LpDistance, l2, linf
 
-from .._tensors import batch_view, flatten_batch, lp_norms
+from ..core.tensors import batch_view, flatten_batch, lp_norms
 from .boundary import Box, DecisionBasedAttack, IsAdversarial
 from .rescale import Rescaling, clipped_step
 from .sampling import Distribution, draw

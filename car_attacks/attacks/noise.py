@@ -49,7 +49,7 @@ from foolbox.attacks.base import (
 )
 from foolbox.distances import LpDistance
 
-from .._tensors import batch_view, stop_gradient
+from ..core.tensors import batch_view, stop_gradient
 from .rescale import Rescaling, check_rescaling, clipped_step, model_bounds
 from .sampling import Distribution, draw
 

@@ -15,9 +15,9 @@ from typing import Literal
 import eagerpy as ep
 from foolbox.models import Model
 
-from .._tensors import Bound, batch_view, clip_to_bounds, flatten_batch, lp_norms
-from ..projection import project_l1, project_l2, project_linf
-from ..rescaling import solve_eta
+from ..core.projection import project_l1, project_l2, project_linf
+from ..core.rescaling import solve_eta
+from ..core.tensors import Bound, batch_view, clip_to_bounds, flatten_batch, lp_norms
 
 Rescaling = Literal["car", "bisection", "naive"]
 RESCALINGS: tuple[str, ...] = ("car", "bisection", "naive")

@@ -1,7 +1,7 @@
 """Benchmark of clipping-aware rescaling: every method of :func:`solve_eta` against the paper.
 
 Times ``newton``, ``sort``, accuracy-matched ``bisection`` and ``naive`` (through the
-validation-free core :func:`car_attacks.rescaling.solve_eta`), ``newton`` through the public
+validation-free core :func:`car_attacks.core.rescaling.solve_eta`), ``newton`` through the public
 API (``newton-api``, i.e. with input validation), an independent re-implementation of
 Rauber & Bethge's L2 sort algorithm (``paper-sort``) and foolbox's vendored copy of their
 code (``foolbox-vendored``) on the same inputs, for CIFAR- and ImageNet-sized batches,
@@ -233,13 +233,13 @@ def _to_numpy(t: Any) -> F64:
 
 
 def _solve_eta() -> Callable[..., Any]:
-    from car_attacks.rescaling import solve_eta
+    from car_attacks.core.rescaling import solve_eta
 
     return solve_eta
 
 
 def _public_api() -> Callable[..., Any]:
-    from car_attacks.rescaling import clipping_aware_rescaling
+    from car_attacks.core.rescaling import clipping_aware_rescaling
 
     return clipping_aware_rescaling
 
@@ -276,7 +276,7 @@ def _steps_from_info(info: Any) -> int | None:
 
 def _info_solver() -> Callable[..., Any] | None:
     """``solve_eta_with_info`` (returns ``(eta, info)``) if the module has it."""
-    import car_attacks.rescaling as mod
+    import car_attacks.core.rescaling as mod
 
     fn = getattr(mod, "solve_eta_with_info", None)
     return fn if callable(fn) else None
@@ -498,7 +498,7 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor(),
         "machine": platform.machine(),
         "loadavg_1m": _loadavg(),
-        "rescaling_sha256": _source_sha256("car_attacks.rescaling"),
+        "rescaling_sha256": _source_sha256("car_attacks.core.rescaling"),
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from ._tensors import Bound, dtype_limits, dtype_name, flatten_batch, to_backend
+from .tensors import Bound, dtype_limits, dtype_name, flatten_batch, to_backend
 
 BOUNDS_TOLERANCE = 1e-5
 """Relative tolerance (of ``hi - lo``) for inputs that sit slightly outside the bounds."""

@@ -1,0 +1,187 @@
+"""Exact Euclidean projections onto ``{v : ||v - x0||_p <= eps} ∩ [lo, hi]``.
+
+Most attack libraries project onto the Lp ball and then clip to the box. That
+point is in the set, but it is not the closest one (and for L1 the common
+"projection" is a rescaling). The exact projections, per sample:
+
+* L-inf: ``clip(z, max(lo, x0 - eps), min(hi, x0 + eps))``.
+* L2: by the KKT conditions ``v = clip(x0 + eta (z - x0))`` with ``eta = 1/(1 + mu)``
+  in (0, 1]; ``eta = 1`` if ``clip(z)`` is already in the ball, otherwise ``eta``
+  solves ``||clip(x0 + eta (z - x0)) - x0||_2 = eps``, which is exactly the
+  clipping-aware rescaling equation.
+* L1: a box-aware soft threshold ``v_i = x0_i + sign(w_i) min((|w_i| - lam)_+, r_i)``,
+  ``w = z - x0``, ``r_i`` the room to the box along ``w_i``, with ``lam >= 0`` chosen
+  so that the L1 norm is ``eps`` (a continuous quadratic knapsack, solved by
+  sorting the 2n breakpoints of the piecewise-linear norm in ``lam``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import eagerpy as ep
+
+from .rescaling import needs_float64, solve_eta
+from .tensors import (
+    Bound,
+    batch_view,
+    clip_to_bounds,
+    compute_dtype,
+    flatten_batch,
+    is_floating,
+    lp_norms,
+    room_along,
+)
+from .validation import (
+    as_bounds,
+    as_eps,
+    as_tensors,
+    cast_like,
+    check_batch,
+    check_in_bounds,
+    check_same_shape,
+    parse_p,
+)
+
+PROJECTION_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
+
+
+def project_lp_ball_box(
+    x0: Any, z: Any, eps: Any, *, p: float | str, bounds: Any = (0.0, 1.0)
+) -> Any:
+    """Closest point to ``z`` (in L2) in ``{v : ||v - x0||_p <= eps} ∩ [lo, hi]``, per sample.
+
+    Args:
+        x0: Centres of the balls, inside ``bounds``, shape ``(N, ...)``.
+        z: Points to project, same shape and type as ``x0`` (may lie outside the box).
+        eps: Ball radius, a float or one value per sample.
+        p: 1, 2 or inf (``math.inf`` or ``"inf"``).
+        bounds: ``(lo, hi)``, floats or tensors broadcastable to ``x0``.
+
+    Returns:
+        The projection, same type, shape and dtype as ``x0`` (float32 L2 inputs of
+        extreme range are computed in float64, see
+        :data:`~car_attacks.core.rescaling.FLOAT32_RANGE`).
+    """
+    (x0_, z_), restore = as_tensors(x0=x0, z=z)
+    p_ = parse_p(p)
+    if p_ not in PROJECTION_NORMS:
+        raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")
+    check_batch(x0_, "x0")
+    check_batch(z_, "z")
+    check_same_shape(x0_, z_, "x0", "z")
+    xc = compute_dtype(x0_)
+    zc = cast_like(compute_dtype(z_), xc, "z")
+    lo, hi = as_bounds(bounds, xc)
+    check_in_bounds(xc, lo, hi, "x0")
+    eps_ = as_eps(eps, xc)
+    if p_ == 2 and needs_float64(zc - xc, eps_, lo, hi):
+        xc, zc, eps_ = xc.float64(), zc.float64(), eps_.float64()
+        lo = lo if isinstance(lo, float) else lo.float64()
+        hi = hi if isinstance(hi, float) else hi.float64()
+    projected = project_unchecked(xc, zc, eps_, p=p_, lo=lo, hi=hi)
+    return restore(projected.astype(x0_.dtype if is_floating(x0_) else xc.dtype))
+
+
+def project_unchecked(
+    x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, *, p: float, lo: Bound, hi: Bound
+) -> ep.Tensor:
+    """:func:`project_lp_ball_box` on EagerPy tensors without input checks; ``eps`` is ``(N,)``."""
+    if p == math.inf:
+        return project_linf(x0, z, eps, lo, hi)
+    if p == 2:
+        return project_l2(x0, z, eps, lo, hi)
+    if p == 1:
+        return project_l1(x0, z, eps, lo, hi)
+    raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")
+
+
+def project_linf(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
+    """``clip(z, max(lo, x0 - eps), min(hi, x0 + eps))``."""
+    e = batch_view(eps, x0.ndim)
+    return ep.minimum(ep.maximum(z, ep.maximum(x0 - e, lo)), ep.minimum(x0 + e, hi))
+
+
+def project_l2(
+    x0: ep.Tensor,
+    z: ep.Tensor,
+    eps: ep.Tensor,
+    lo: Bound,
+    hi: Bound,
+    *,
+    method: str = "newton",
+) -> ep.Tensor:
+    """``clip(x0 + eta (z - x0))`` with ``eta = min(1, CAR eta)`` (KKT of the L2 projection).
+
+    ``method`` is the solver of the CAR equation (see :func:`~car_attacks.core.rescaling.solve_eta`).
+    """
+    clipped = clip_to_bounds(z, lo, hi)
+    inside = lp_norms(clipped - x0, 2.0, scaled=True) <= eps  # tiny moves must not square to 0
+    if inside.all().item():
+        return clipped
+    direction = z - x0
+    eta = ep.minimum(solve_eta(x0, direction, eps, p=2.0, lo=lo, hi=hi, method=method), 1.0)
+    projected = clip_to_bounds(x0 + batch_view(eta, x0.ndim) * direction, lo, hi)
+    return ep.where(batch_view(inside, x0.ndim), clipped, projected)
+
+
+def project_l1(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
+    """Box-aware soft threshold ``x0 + sign(w) min((|w| - lam)_+, r)`` with L1 norm ``eps``."""
+    direction = z - x0
+    w = flatten_batch(direction)
+    size = w.abs()
+    room = flatten_batch(room_along(x0, direction, lo, hi))
+    inside = ep.minimum(size, room).sum(axis=1) <= eps
+    if inside.all().item():
+        return clip_to_bounds(z, lo, hi)
+    lam = ep.where(inside.reshape((-1, 1)), 0.0, l1_threshold(size, room, eps))
+    magnitude = ep.minimum(ep.maximum(size - lam, 0.0), room)
+    # With z far from x0, lam is close to |w| and |w| - lam carries ulps of |w|, far more
+    # than of eps: shrink the rows whose norm rounding pushed past eps back onto the ball.
+    total = magnitude.sum(axis=1, keepdims=True)
+    eps_col = eps.reshape((-1, 1))
+    over = total > eps_col
+    magnitude = magnitude * ep.where(over, eps_col / ep.where(over, total, 1.0), 1.0)
+    # x0 + room can round one ulp past the bound; the clip only undoes that rounding
+    return clip_to_bounds(x0 + (w.sign() * magnitude).reshape(x0.shape), lo, hi)
+
+
+def l1_threshold(size: ep.Tensor, room: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
+    """``lam`` of shape ``(N, 1)`` with ``h(lam) = sum_i min((a_i - lam)_+, r_i) = eps``.
+
+    ``h`` is non-increasing and piecewise linear with breakpoints ``a_i - r_i``
+    (slope decreases by one) and ``a_i`` (slope increases by one). Sorting them
+    locates the segment; ``lam`` is then recomputed from that segment's sums
+    ``lam = (sum_saturated r + sum_active a - eps) / |active|``. Rows with
+    ``h(0) <= eps`` give a meaningless value; callers mask them.
+    """
+    eps_col = eps.reshape((-1, 1))
+    positions = ep.concatenate([size - room, size], axis=1)
+    weights = ep.concatenate([-ep.ones_like(size), ep.ones_like(size)], axis=1)
+    order = positions.argsort(axis=1)
+    pos_sorted = positions.take_along_axis(order, axis=1)
+    slope = ep.cumsum(weights.take_along_axis(order, axis=1), axis=1)
+    drops = slope[:, :-1] * (pos_sorted[:, 1:] - pos_sorted[:, :-1])
+    h = ep.concatenate(
+        [room.sum(axis=1, keepdims=True), room.sum(axis=1, keepdims=True) + ep.cumsum(drops, 1)],
+        axis=1,
+    )
+    k = ep.maximum((h > eps_col).astype(order.dtype).sum(axis=1, keepdims=True), 1)
+    k = ep.minimum(k, positions.shape[1] - 1)
+    q_prev = pos_sorted.take_along_axis(k - 1, axis=1)
+    q_next = pos_sorted.take_along_axis(k, axis=1)
+    h_prev = h.take_along_axis(k - 1, axis=1)
+    slope_prev = slope.take_along_axis(k - 1, axis=1)
+    linear = q_prev + (h_prev - eps_col) / ep.where(slope_prev < 0, -slope_prev, 1.0)
+
+    # Recompute on the segment from plain sums (more accurate than the cumsum of drops).
+    mid = (q_prev + q_next) / 2
+    saturated = mid <= size - room
+    active = ep.logical_and(ep.logical_not(saturated), mid < size)
+    n_active = active.astype(size.dtype).sum(axis=1, keepdims=True)
+    total = (ep.where(saturated, room, 0.0) + ep.where(active, size, 0.0)).sum(
+        axis=1, keepdims=True
+    )
+    exact = (total - eps_col) / ep.where(n_active > 0, n_active, 1.0)
+    return ep.maximum(ep.where(n_active > 0, exact, linear), 0.0)
