@@ -21,7 +21,7 @@ What is in spec (decisions):
   underflow become subnormal or zero, as the cast makes them.
 * float32 problems for p = 1 and 2 whose scales leave float32's range (non-zero
   ``|delta|`` of a sample more than 1e12 apart, non-zero ``eps`` below 1e-12, bounds
-  wider than 1e12; see ``car_attacks.rescaling.FLOAT32_RANGE``) and every p other than
+  wider than 1e12; see ``car_attacks.core.rescaling.FLOAT32_RANGE``) and every p other than
   1, 2 and inf are solved in float64; the latter are checked against the float64
   clipped norm and fall back to bisection where ``|delta|^p`` spans more than float64
   (large p, entries decades apart). The result is returned in ``x``'s dtype.

@@ -114,7 +114,7 @@ def project_l2(
 ) -> ep.Tensor:
     """``clip(x0 + eta (z - x0))`` with ``eta = min(1, CAR eta)`` (KKT of the L2 projection).
 
-    ``method`` is the solver of the CAR equation (see :func:`~car_attacks.core.rescaling.solve_eta`).
+    ``method`` is the solver of the CAR equation (:func:`~car_attacks.core.rescaling.solve_eta`).
     """
     clipped = clip_to_bounds(z, lo, hi)
     inside = lp_norms(clipped - x0, 2.0, scaled=True) <= eps  # tiny moves must not square to 0
