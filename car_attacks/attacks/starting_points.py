@@ -16,7 +16,9 @@ from torch import Tensor, nn
 __all__ = ["batch_blend_starting_points", "blend_to_boundary", "nearest_other_class"]
 
 
-def nearest_other_class(model: nn.Module, x: Tensor, y: Tensor, pool: Tensor | None = None) -> Tensor:
+def nearest_other_class(
+    model: nn.Module, x: Tensor, y: Tensor, pool: Tensor | None = None
+) -> Tensor:
     """For each sample the closest (L2) input of ``pool`` (default: the batch itself) that
     the model does not assign to the sample's label. Raises ``ValueError`` when a sample
     has none."""
