@@ -85,13 +85,21 @@ def project_lp_ball_box(
 
 
 def project_unchecked(
-    x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, *, p: float, lo: Bound, hi: Bound
+    x0: ep.Tensor,
+    z: ep.Tensor,
+    eps: ep.Tensor,
+    *,
+    p: float,
+    lo: Bound,
+    hi: Bound,
+    method: str = "newton",
 ) -> ep.Tensor:
-    """:func:`project_lp_ball_box` on EagerPy tensors without input checks; ``eps`` is ``(N,)``."""
+    """:func:`project_lp_ball_box` on EagerPy tensors without input checks; ``eps`` is ``(N,)``;
+    ``method`` solves the L2 case's CAR equation (:func:`~car_attacks.core.rescaling.solve_eta`)."""
     if p == math.inf:
         return project_linf(x0, z, eps, lo, hi)
     if p == 2:
-        return project_l2(x0, z, eps, lo, hi)
+        return project_l2(x0, z, eps, lo, hi, method=method)
     if p == 1:
         return project_l1(x0, z, eps, lo, hi)
     raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")

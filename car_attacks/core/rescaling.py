@@ -68,6 +68,8 @@ from .validation import (
 
 Method = Literal["newton", "sort", "bisection", "naive"]
 METHODS: tuple[str, ...] = ("newton", "sort", "bisection", "naive")
+BISECTION_RTOL = 1e-7
+"""Default bracket width of the bisection baseline: clipped norms within ~1e-7 relative."""
 NEWTON_MAX_ITER = 32
 """Newton iterations before the remaining samples are solved by sorting (3-9 are typical)."""
 VERIFY_RTOL = 1e-9
@@ -99,7 +101,7 @@ def clipping_aware_rescaling(
     p: float | str = 2,
     bounds: Any = (0.0, 1.0),
     method: Method = "newton",
-    bisection_rtol: float = 1e-7,
+    bisection_rtol: float = BISECTION_RTOL,
     bisection_max_steps: int = 100,
 ) -> Any:
     """Scale ``eta`` with ``||clip(x + eta*delta, lo, hi) - x||_p == eps`` per sample.
@@ -224,7 +226,7 @@ def solve_eta(
     lo: Bound,
     hi: Bound,
     method: str = "newton",
-    bisection_rtol: float = 1e-7,
+    bisection_rtol: float = BISECTION_RTOL,
     bisection_max_steps: int = 100,
 ) -> ep.Tensor:
     """The CAR scale ``eta`` of shape ``(N,)`` on EagerPy tensors, without input checks.
@@ -253,7 +255,7 @@ def solve_eta_with_info(
     lo: Bound,
     hi: Bound,
     method: str = "newton",
-    bisection_rtol: float = 1e-7,
+    bisection_rtol: float = BISECTION_RTOL,
     bisection_max_steps: int = 100,
 ) -> tuple[ep.Tensor, SolveInfo]:
     """:func:`solve_eta` and what the solve did (iterations, fallback samples)."""
