@@ -1,5 +1,21 @@
 """Old import path of :mod:`car_attacks.core.projection` (kept so existing code keeps working)."""
 
-from .core.projection import PROJECTION_NORMS, project_lp_ball_box
+from .core.projection import (
+    PROJECTION_NORMS,
+    l1_threshold,
+    project_l1,
+    project_l2,
+    project_linf,
+    project_lp_ball_box,
+    project_unchecked,
+)
 
-__all__ = ["PROJECTION_NORMS", "project_lp_ball_box"]
+__all__ = [
+    "PROJECTION_NORMS",
+    "l1_threshold",
+    "project_l1",
+    "project_l2",
+    "project_linf",
+    "project_lp_ball_box",
+    "project_unchecked",
+]

@@ -18,14 +18,9 @@ from car_attacks.benchmarks.paper_car import (
     paper_l2_rescaling_numpy,
     paper_l2_rescaling_torch,
 )
-from car_attacks.benchmarks.rescaling import (
-    EXACT_METHODS,
-    PAPER,
-    QUICK_SIZES,
-    VENDORED,
-    achieved_rel_errors,
-    main,
-)
+from car_attacks.benchmarks.rescaling_cases import QUICK_SIZES, achieved_rel_errors
+from car_attacks.benchmarks.rescaling_methods import EXACT_METHODS, PAPER, VENDORED
+from car_attacks.benchmarks.rescaling_timing import main
 
 # ------------------------------------------------------------------ memory tracker
 

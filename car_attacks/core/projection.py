@@ -24,31 +24,23 @@ import eagerpy as ep
 
 from .rescaling import needs_float64, solve_eta
 from .tensors import (
+    UNIT_BOUNDS,
     Bound,
     batch_view,
     clip_to_bounds,
-    compute_dtype,
     flatten_batch,
+    float64_bound,
     is_floating,
     lp_norms,
     room_along,
 )
-from .validation import (
-    as_bounds,
-    as_eps,
-    as_tensors,
-    cast_like,
-    check_batch,
-    check_in_bounds,
-    check_same_shape,
-    parse_p,
-)
+from .validation import as_tensors, check_arguments, parse_p
 
 PROJECTION_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
 
 
 def project_lp_ball_box(
-    x0: Any, z: Any, eps: Any, *, p: float | str, bounds: Any = (0.0, 1.0)
+    x0: Any, z: Any, eps: Any, *, p: float | str, bounds: Any = UNIT_BOUNDS
 ) -> Any:
     """Closest point to ``z`` (in L2) in ``{v : ||v - x0||_p <= eps} ∩ [lo, hi]``, per sample.
 
@@ -65,22 +57,14 @@ def project_lp_ball_box(
         :data:`~car_attacks.core.rescaling.FLOAT32_RANGE`).
     """
     (x0_, z_), restore = as_tensors(x0=x0, z=z)
-    p_ = parse_p(p)
-    if p_ not in PROJECTION_NORMS:
+    if parse_p(p) not in PROJECTION_NORMS:
         raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")
-    check_batch(x0_, "x0")
-    check_batch(z_, "z")
-    check_same_shape(x0_, z_, "x0", "z")
-    xc = compute_dtype(x0_)
-    zc = cast_like(compute_dtype(z_), xc, "z")
-    lo, hi = as_bounds(bounds, xc)
-    check_in_bounds(xc, lo, hi, "x0")
-    eps_ = as_eps(eps, xc)
-    if p_ == 2 and needs_float64(zc - xc, eps_, lo, hi):
+    args = check_arguments(x0_, z_, eps, p, bounds, ("x0", "z"))
+    xc, zc, lo, hi, eps_ = args.x, args.other, args.lo, args.hi, args.eps
+    if args.p == 2 and needs_float64(zc - xc, eps_, lo, hi):
         xc, zc, eps_ = xc.float64(), zc.float64(), eps_.float64()
-        lo = lo if isinstance(lo, float) else lo.float64()
-        hi = hi if isinstance(hi, float) else hi.float64()
-    projected = project_unchecked(xc, zc, eps_, p=p_, lo=lo, hi=hi)
+        lo, hi = float64_bound(lo), float64_bound(hi)
+    projected = project_unchecked(xc, zc, eps_, p=args.p, lo=lo, hi=hi)
     return restore(projected.astype(x0_.dtype if is_floating(x0_) else xc.dtype))
 
 

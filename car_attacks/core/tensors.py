@@ -9,6 +9,11 @@ import eagerpy as ep
 import numpy as np
 
 Bound = float | ep.Tensor
+"""One side of the box: a scalar or a tensor broadcastable to the input."""
+Bounds = tuple[Bound, Bound]
+"""The box ``(lower, upper)`` that inputs and perturbed points stay in."""
+UNIT_BOUNDS: tuple[float, float] = (0.0, 1.0)
+"""The default box: images scaled to [0, 1]."""
 
 _LOW_PRECISION = {"float16", "bfloat16"}
 
@@ -101,7 +106,7 @@ def lp_norms(v: ep.Tensor, p: float, *, scaled: bool = False) -> ep.Tensor:
     if p == 2 and not scaled:
         return a.square().sum(axis=1).sqrt()
     scale = a.max(axis=1, keepdims=True)
-    safe = ep.where(scale > 0, scale, ep.ones_like(scale))
+    safe = nonzero_or_one(scale)
     return ((a / safe) ** p).sum(axis=1) ** (1.0 / p) * safe[:, 0]
 
 
@@ -124,6 +129,21 @@ def to_backend(value: Any, like: ep.Tensor, *, cast: bool = True) -> ep.Tensor:
     if not cast:
         return t if is_floating(t) else t.float64()
     return t.astype(like.dtype)
+
+
+def float64_bound(bound: Bound) -> Bound:
+    """A float bound unchanged, a tensor bound in float64."""
+    return bound if isinstance(bound, float) else bound.float64()
+
+
+def detached_bound(bound: Bound) -> Bound:
+    """A float bound unchanged, a tensor bound without its autograd history."""
+    return bound if isinstance(bound, float) else stop_gradient(bound)
+
+
+def nonzero_or_one(t: ep.Tensor) -> ep.Tensor:
+    """``t`` where positive, else 1: a divisor that cannot be 0."""
+    return ep.where(t > 0, t, ep.ones_like(t))
 
 
 def clip_to_bounds(v: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:

@@ -8,15 +8,56 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import eagerpy as ep
 import numpy as np
 
-from .tensors import Bound, dtype_limits, dtype_name, flatten_batch, to_backend
+from .tensors import (
+    Bound,
+    Bounds,
+    compute_dtype,
+    dtype_limits,
+    dtype_name,
+    flatten_batch,
+    to_backend,
+)
 
 BOUNDS_TOLERANCE = 1e-5
 """Relative tolerance (of ``hi - lo``) for inputs that sit slightly outside the bounds."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckedArguments:
+    """The arguments of a public maths function, checked, in the compute dtype."""
+
+    x: ep.Tensor
+    """The batch of points inside the bounds, ``(N, ...)``."""
+    other: ep.Tensor
+    """The second batch of ``x``'s shape (the direction ``delta``, or the point ``z``)."""
+    lo: Bound
+    hi: Bound
+    eps: ep.Tensor
+    """Per-sample targets, ``(N,)``."""
+    p: float
+
+
+def check_arguments(
+    x: ep.Tensor, other: ep.Tensor, eps: Any, p: Any, bounds: Any, names: tuple[str, str]
+) -> CheckedArguments:
+    """Check ``p``, the batches ``x`` and ``other`` (named ``names``), the bounds, ``x`` inside
+    them, and ``eps``, in that order; return them in the compute dtype of ``x``."""
+    name_x, name_other = names
+    p_ = parse_p(p)
+    check_batch(x, name_x)
+    check_batch(other, name_other)
+    check_same_shape(x, other, name_x, name_other)
+    xc = compute_dtype(x)
+    oc = cast_like(compute_dtype(other), xc, name_other)
+    lo, hi = as_bounds(bounds, xc)
+    check_in_bounds(xc, lo, hi, name_x)
+    return CheckedArguments(x=xc, other=oc, lo=lo, hi=hi, eps=as_eps(eps, xc), p=p_)
 
 
 def parse_p(p: Any) -> float:
@@ -85,7 +126,7 @@ def check_same_shape(a: ep.Tensor, b: ep.Tensor, name_a: str, name_b: str) -> No
         )
 
 
-def as_bounds(bounds: Any, like: ep.Tensor) -> tuple[Bound, Bound]:
+def as_bounds(bounds: Any, like: ep.Tensor) -> Bounds:
     """Parse ``bounds = (lo, hi)``: floats, or tensors broadcastable to ``like``.
 
     Returns floats for scalar bounds (the fast path) and EagerPy tensors of
