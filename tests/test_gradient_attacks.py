@@ -23,7 +23,7 @@ from car_attacks.attacks import (
     LinfClippingAwareFastGradientAttack,
     LinfClippingAwarePGD,
 )
-from car_attacks.attacks.rescale import clipped_step, project_then_clip
+from car_attacks.attacks.rescaled_steps import RescaledSteps, project_then_clip
 
 CLASSES = [
     L1ClippingAwarePGD,
@@ -58,7 +58,7 @@ def test_foolbox_contract(
 ) -> None:
     model, x, y = setup
     lo, hi = model.bounds
-    epsilons = [e * (hi - lo) for e in EPS[cls.p]]
+    epsilons = [e * (hi - lo) for e in EPS[cls.norm.p]]
     attack = cls(rescaling=rescaling, steps=min(cls.default_steps, 3), seed=0)
     raw, clipped, success = attack(model, x, y, epsilons=epsilons)
     assert len(raw) == len(clipped) == len(epsilons) and success.shape == (len(epsilons), len(x))
@@ -67,8 +67,8 @@ def test_foolbox_contract(
         assert r.min() >= lo and r.max() <= hi
         # float32 rounding of x + delta costs up to half an ulp per coordinate
         rounding = x[0].numel() * 2**-24 * (hi - lo)
-        assert (_norms(r - x, cls.p) <= eps * (1 + 1e-5) + rounding).all()
-        assert (_norms(c - x, cls.p) <= eps * (1 + 1e-6) + rounding).all()
+        assert (_norms(r - x, cls.norm.p) <= eps * (1 + 1e-5) + rounding).all()
+        assert (_norms(c - x, cls.norm.p) <= eps * (1 + 1e-6) + rounding).all()
         predicted = model(c).argmax(-1)
         assert torch.equal(s, predicted != y)
 
@@ -91,9 +91,8 @@ def test_step_survives_clipping_with_the_requested_norm(p: float, rescaling: str
     expected = torch.minimum(size, reach)
     tol = 1e-5 if rescaling == "car" else 1e-5
     torch.testing.assert_close(_norms(stepped - x, p), expected, rtol=tol, atol=1e-6)
-    naive = clipped_step(
-        ep.astensor(x), d, ep.astensor(size), p=p, bounds=bounds, rescaling="naive"
-    ).raw
+    naive_steps = RescaledSteps(p=p, bounds=bounds, rescaling="naive")
+    naive = naive_steps.clipped_step(ep.astensor(x), d, ep.astensor(size)).raw
     if p == 2:  # naive steps fall short once clipping bites
         assert (_norms(naive - x, p) < expected * (1 - 1e-3)).any()
 
@@ -156,7 +155,7 @@ def test_bisection_matches_car_up_to_tolerance() -> None:
         car, _, _ = cls(rescaling="car")(model, x, y, epsilons=eps)
         bis, _, _ = cls(rescaling="bisection")(model, x, y, epsilons=eps)
         torch.testing.assert_close(car, bis, atol=1e-5, rtol=0)
-        assert (_norms(car - x, cls.p) > 0.9 * eps).all()
+        assert (_norms(car - x, cls.norm.p) > 0.9 * eps).all()
 
 
 def test_samples_are_independent_given_a_seed() -> None:

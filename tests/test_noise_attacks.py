@@ -20,8 +20,9 @@ import torch
 from attack_fixtures import cifar_batch, small_convnet
 from torch import nn
 
+import car_attacks.attacks
 from car_attacks import reachable_norm
-from car_attacks.attacks import noise
+from car_attacks.attacks import Rescaling, noise
 from car_attacks.attacks.noise import (
     ClippingAwareAdditiveNoiseAttack,
     ClippingAwareRepeatedAdditiveNoiseAttack,
@@ -38,7 +39,6 @@ from car_attacks.attacks.noise import (
     LinfClippingAwareRepeatedAdditiveGaussianNoiseAttack,
     LinfClippingAwareRepeatedAdditiveUniformNoiseAttack,
 )
-from car_attacks.attacks.rescale import Rescaling
 
 AttackClass = type[ClippingAwareAdditiveNoiseAttack]
 SINGLE: list[AttackClass] = [
@@ -400,7 +400,7 @@ def test_model_untouched(cls: AttackClass) -> None:
     for training in (False, True):
         net.train(training)
         for rescaling in RESCALINGS:
-            make(cls, rescaling=rescaling)(fmodel, x, y, epsilons=EPS_UNIT[cls.p][1])
+            make(cls, rescaling=rescaling)(fmodel, x, y, epsilons=EPS_UNIT[cls.norm.p][1])
         assert net.training is training
         assert all(m.training is training for m in net.modules())
     assert all(prm.grad is None for prm in net.parameters())
@@ -468,12 +468,14 @@ def test_bad_arguments() -> None:
 
 
 def test_public_classes() -> None:
-    public = [getattr(noise, name) for name in noise.__all__ if name.startswith("L")]
+    exported = [getattr(car_attacks.attacks, name) for name in car_attacks.attacks.__all__]
+    classes = [c for c in exported if isinstance(c, type) and c.__module__ == noise.__name__]
+    public = [c for c in classes if c.__name__.startswith("L")]
     assert sorted(c.__name__ for c in public) == sorted(c.__name__ for c in ALL)
     for cls in public:
         assert issubclass(cls, fb.attacks.base.FixedEpsilonAttack)
-        assert cls.p in (1.0, 2.0, math.inf) and cls.distribution in ("normal", "uniform")
-        assert cls().distance.p == cls.p
+        assert cls.norm.p in (1.0, 2.0, math.inf) and cls.distribution in ("normal", "uniform")
+        assert cls().distance.p == cls.norm.p
         assert cls.__doc__ and "eps" in cls.__doc__
 
 
@@ -488,11 +490,11 @@ def test_public_classes() -> None:
 def test_car_at_least_naive(cls: AttackClass) -> None:
     bounds = (0.0, 1.0)
     fmodel, x, y = setup(bounds)
-    eps = EPS_UNIT[cls.p][1]
+    eps = EPS_UNIT[cls.norm.p][1]
     effective = {}
     for rescaling in ("car", "naive"):
         raw, _, _ = cls(rescaling=rescaling, seed=0)(fmodel, x, y, epsilons=eps)
-        effective[rescaling] = norms(raw - x, cls.p)
+        effective[rescaling] = norms(raw - x, cls.norm.p)
     assert (effective["car"] >= effective["naive"] * (1 - RTOL)).all()
     np.testing.assert_allclose(effective["car"], eps, rtol=RTOL)
     ratio = effective["naive"] / eps

@@ -1,9 +1,11 @@
 """Clipping-aware attacks, drop-in replacements for foolbox's attack classes.
 
-Every class takes ``rescaling="car" | "bisection" | "naive"``; see
-:mod:`car_attacks.attacks.rescale`.
+Every class takes ``rescaling="car" | "bisection" | "naive"`` (see
+:mod:`car_attacks.attacks.rescaled_steps`) and ``seed``. The frame the families share is
+:mod:`car_attacks.attacks.base`; what differs per Lp norm is :mod:`car_attacks.attacks.norms`.
 """
 
+from .base import RESCALINGS, Rescaling
 from .boundary import ClippingAwareBoundaryAttack
 from .gradient import (
     ClippingAwareGradientAttack,
@@ -34,7 +36,6 @@ from .noise import (
     LinfClippingAwareRepeatedAdditiveGaussianNoiseAttack,
     LinfClippingAwareRepeatedAdditiveUniformNoiseAttack,
 )
-from .rescale import RESCALINGS, Rescaling
 
 __all__ = [
     "ClippingAwareBoundaryAttack",

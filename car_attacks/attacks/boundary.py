@@ -33,159 +33,14 @@ References:
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any
-
 import eagerpy as ep
 import numpy as np
-from foolbox.attacks.base import (
-    Criterion,
-    MinimizationAttack,
-    Model,
-    T,
-    get_criterion,
-    get_is_adversarial,
-    raise_if_kwargs,
-    verify_input_bounds,
-)
-from foolbox.attacks.blended_noise import LinearSearchBlendedUniformNoiseAttack
-from foolbox.distances import l2
+from foolbox.attacks.base import MinimizationAttack
 
 from ..core.tensors import batch_view, clip_to_bounds, flatten_batch, lp_norms
-from .rescale import Rescaling, check_rescaling, model_bounds, rescale_eta
+from .base import AttackCall, Bounds, DecisionBasedAttack, IsAdversarial, Rescaling
+from .norms import L2
 from .sampling import draw
-
-IsAdversarial = Callable[[ep.Tensor], ep.Tensor]
-Box = tuple[float, float]
-
-INIT_STREAM = 2**31
-"""First random stream of the seeded initialisation (attack steps use streams below it)."""
-
-
-def blended_noise_init(
-    is_adversarial: IsAdversarial,
-    originals: ep.Tensor,
-    bounds: Box,
-    *,
-    seed: int,
-    directions: int = 1000,
-    steps: int = 50,
-) -> ep.Tensor:
-    """Per-sample seeded version of foolbox's ``LinearSearchBlendedUniformNoiseAttack``.
-
-    Draws uniform noise in ``bounds`` until it is adversarial (stream ``INIT_STREAM + j``
-    for the j-th draw), then returns the smallest blend ``(1 - e) x + e noise`` on a grid
-    of ``steps + 1`` values that is adversarial. Samples without an adversarial draw
-    are returned unchanged (the caller reports them).
-    """
-    lo, hi = bounds
-    noise = originals
-    found = ep.zeros(originals, len(originals)).bool()
-    for j in range(directions):
-        u = draw(originals, "uniform", seed=seed, stream=INIT_STREAM + j)
-        candidate = lo + (u + 1.0) * ((hi - lo) / 2.0)
-        is_adv = is_adversarial(candidate)
-        take = ep.logical_and(is_adv, found.logical_not())
-        noise = ep.where(batch_view(take, originals.ndim), candidate, noise)
-        found = ep.logical_or(found, is_adv)
-        if found.all().item():
-            break
-    best = ep.ones(originals, len(originals))
-    for e in np.linspace(0, 1, num=steps + 1, dtype=np.float32):
-        blend = (1 - e.item()) * originals + e.item() * noise
-        best = ep.minimum(ep.where(is_adversarial(blend), e.item(), 1.0), best)
-        if (best < 1).all().item():
-            break
-    best = batch_view(best, originals.ndim)
-    blend = clip_to_bounds((1 - best) * originals + best * noise, lo, hi)  # rounding
-    return ep.where(batch_view(found, originals.ndim), blend, originals)
-
-
-class DecisionBasedAttack(MinimizationAttack):
-    """What the decision-based attacks here share: the rescaling choice, the seed and
-    the adversarial starting points."""
-
-    def __init__(
-        self,
-        *,
-        init_attack: MinimizationAttack | None,
-        rescaling: Rescaling,
-        seed: int | None,
-    ) -> None:
-        if init_attack is not None and not isinstance(init_attack, MinimizationAttack):
-            raise ValueError(
-                f"init_attack must be a foolbox MinimizationAttack, got init_attack={init_attack!r}"
-            )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0, got seed={seed!r}")
-        self.init_attack = init_attack
-        self.rescaling: Rescaling = check_rescaling(rescaling)
-        self.seed = seed
-
-    def start(
-        self,
-        model: Model,
-        originals: ep.Tensor,
-        criterion: Any,
-        *,
-        early_stop: float | None,
-        starting_points: Any,
-    ) -> tuple[IsAdversarial, Box, ep.Tensor]:
-        """The common start of ``run``: checks the inputs, and returns the adversarial
-        test, the model's bounds and the adversarial starting points."""
-        verify_input_bounds(originals, model)
-        criterion_ = get_criterion(criterion)
-        is_adversarial = get_is_adversarial(criterion_, model)
-        advs = self.initialize(
-            model,
-            originals,
-            criterion_,
-            is_adversarial,
-            early_stop=early_stop,
-            starting_points=starting_points,
-        )
-        return is_adversarial, model_bounds(model), advs
-
-    def initialize(
-        self,
-        model: Model,
-        originals: ep.Tensor,
-        criterion: Criterion,
-        is_adversarial: IsAdversarial,
-        *,
-        early_stop: float | None,
-        starting_points: Any,
-    ) -> ep.Tensor:
-        """Adversarial starting points: ``starting_points`` if given, else ``init_attack``,
-        else foolbox's ``LinearSearchBlendedUniformNoiseAttack(steps=50)`` (``seed=None``) or
-        its per-sample seeded equivalent. Raises ValueError if any is not adversarial."""
-        if starting_points is not None:
-            advs = ep.astensor(starting_points)
-            source = "starting_points"
-        elif self.init_attack is not None or self.seed is None:
-            init = self.init_attack or LinearSearchBlendedUniformNoiseAttack(steps=50)
-            if self.init_attack is None:
-                logging.info(
-                    f"Neither starting_points nor init_attack given; initialising with {init!r}."
-                )
-            advs = ep.astensor(init.run(model, originals, criterion, early_stop=early_stop))
-            source = "init_attack"
-        else:
-            advs = blended_noise_init(
-                is_adversarial, originals, model_bounds(model), seed=self.seed
-            )
-            source = "the seeded blended-noise initialisation"
-        if tuple(advs.shape) != tuple(originals.shape):
-            raise ValueError(
-                f"{source} must have the shape of the inputs {tuple(originals.shape)}, "
-                f"got {tuple(advs.shape)}"
-            )
-        is_adv = is_adversarial(advs)
-        if not is_adv.all().item():
-            failed = int(is_adv.logical_not().astype(originals.dtype).sum().item())
-            raise ValueError(f"{source}: {failed} of {len(is_adv)} inputs are not adversarial")
-        return advs
 
 
 class SuccessWindow:
@@ -232,7 +87,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
             ``repeat()`` then reruns identical attacks).
     """
 
-    distance = l2
+    norm = L2
 
     def __init__(
         self,
@@ -271,25 +126,11 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         self.step_adaptation = step_adaptation
         self.update_stats_every_k = update_stats_every_k
 
-    def run(
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Criterion | T,
-        *,
-        early_stop: float | None = None,
-        starting_points: T | None = None,
-        **kwargs: Any,
-    ) -> T:
-        """Minimise the L2 distance to ``inputs`` among adversarials; returns them."""
-        raise_if_kwargs(kwargs)
-        originals, restore_type = ep.astensor_(inputs)
-        del inputs, kwargs
-        is_adversarial, bounds, best_advs = self.start(
-            model, originals, criterion, early_stop=early_stop, starting_points=starting_points
-        )
-        del starting_points
-
+    def minimize(
+        self, call: AttackCall, is_adversarial: IsAdversarial, starts: ep.Tensor
+    ) -> ep.Tensor:
+        """Minimise the L2 distance to ``call.x`` among adversarials; returns them."""
+        originals, bounds, best_advs = call.x, call.bounds, starts
         n, ndim = len(originals), originals.ndim
         spherical_steps = ep.ones(originals, n) * self.spherical_step
         source_steps = ep.ones(originals, n) * self.source_step
@@ -320,7 +161,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
                 spherical_steps, source_steps = self.adapt_step_sizes(
                     spherical_steps, source_steps, spherical_stats, step_stats
                 )
-        return restore_type(best_advs)
+        return best_advs
 
     # ------------------------------------------------------------------ the steps
 
@@ -331,7 +172,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         spherical_steps: ep.Tensor,
         source_steps: ep.Tensor,
         *,
-        bounds: Box,
+        bounds: Bounds,
         step: int,
     ) -> tuple[ep.Tensor, ep.Tensor]:
         """``(candidates, spherical_candidates)`` for the current adversarials ``perturbed``:
@@ -375,7 +216,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         source_norms: ep.Tensor,
         spherical_steps: ep.Tensor,
         *,
-        bounds: Box,
+        bounds: Bounds,
         step: int,
     ) -> ep.Tensor:
         """The spherical candidates (flat, N x D): ``perturbed`` moved orthogonally to the
@@ -387,7 +228,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         """
         eta = self.orthogonal_noise(originals, source_directions, step)
         size = spherical_steps * source_norms
-        scale = rescale_eta(perturbed, eta, size, p=2, bounds=bounds, rescaling=self.rescaling)
+        scale = self.rescaled(bounds).eta(perturbed, eta, size)
         eta = eta * batch_view(scale, 2)
         if self.rescaling == "naive":
             # Pythagoras: ||eta + (perturbed - originals)|| = source_norm * sqrt(1 + s^2)
@@ -409,7 +250,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         source_norms: ep.Tensor,
         source_steps: ep.Tensor,
         *,
-        bounds: Box,
+        bounds: Bounds,
     ) -> ep.Tensor:
         """The candidates (flat): ``spherical`` moved towards ``originals`` so that their
         distance to it becomes ``(1 - source_steps) * source_norms``."""
@@ -426,9 +267,7 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
             scale = lengths / ep.where(norms > 0, norms, 1.0)
             within = lengths <= norms
             if not within.all().item():
-                exact = rescale_eta(
-                    spherical, direction, lengths, p=2, bounds=bounds, rescaling=self.rescaling
-                )
+                exact = self.rescaled(bounds).eta(spherical, direction, lengths)
                 scale = ep.where(within, scale, exact)
             candidates = spherical + batch_view(scale, 2) * direction
         return clip_to_bounds(candidates, *bounds)
@@ -443,22 +282,24 @@ class ClippingAwareBoundaryAttack(DecisionBasedAttack):
         """Grow both steps if the spherical success rate is above 0.5, shrink them below 0.2;
         grow the source step if its success rate is above 0.25, shrink it below 0.1."""
         a = self.step_adaptation
-        full = spherical_stats.full()
-        if full.any():
-            rate = spherical_stats.rate()
-            grow, shrink = full & (rate > 0.5), full & (rate < 0.2)
-            grow_, shrink_ = ep.from_numpy(source_steps, grow), ep.from_numpy(source_steps, shrink)
-            spherical_steps = ep.where(grow_, spherical_steps * a, spherical_steps)
-            source_steps = ep.where(grow_, source_steps * a, source_steps)
-            spherical_steps = ep.where(shrink_, spherical_steps / a, spherical_steps)
-            source_steps = ep.where(shrink_, source_steps / a, source_steps)
-            spherical_stats.clear(grow | shrink)
-        full = step_stats.full()
-        if full.any():
-            rate = step_stats.rate()
-            grow, shrink = full & (rate > 0.25), full & (rate < 0.1)
-            grow_, shrink_ = ep.from_numpy(source_steps, grow), ep.from_numpy(source_steps, shrink)
-            source_steps = ep.where(grow_, source_steps * a, source_steps)
-            source_steps = ep.where(shrink_, source_steps / a, source_steps)
-            step_stats.clear(grow | shrink)
+        spherical_steps, source_steps = _adapt(
+            spherical_stats, (0.5, 0.2), a, spherical_steps, source_steps
+        )
+        (source_steps,) = _adapt(step_stats, (0.25, 0.1), a, source_steps)
         return spherical_steps, source_steps
+
+
+def _adapt(
+    stats: SuccessWindow, thresholds: tuple[float, float], factor: float, *steps: ep.Tensor
+) -> tuple[ep.Tensor, ...]:
+    """``steps`` times ``factor`` where the full windows' success rate is above
+    ``thresholds[0]``, divided by it where below ``thresholds[1]``; those windows restart."""
+    full = stats.full()
+    if not full.any():
+        return steps
+    rate = stats.rate()
+    grow, shrink = full & (rate > thresholds[0]), full & (rate < thresholds[1])
+    grow_, shrink_ = ep.from_numpy(steps[-1], grow), ep.from_numpy(steps[-1], shrink)
+    grown = [ep.where(grow_, s * factor, s) for s in steps]
+    stats.clear(grow | shrink)
+    return tuple(ep.where(shrink_, s / factor, s) for s in grown)

@@ -28,38 +28,31 @@ arXiv:2007.07677, 2020 (clipping-aware rescaling).
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import eagerpy as ep
-from foolbox.attacks.base import (
-    FixedEpsilonAttack,
-    get_criterion,
-    raise_if_kwargs,
-    verify_input_bounds,
-)
-from foolbox.attacks.gradient_descent_base import uniform_l1_n_balls, uniform_l2_n_balls
-from foolbox.criteria import Misclassification
-from foolbox.distances import LpDistance
+from foolbox.criteria import Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
-from ..core.tensors import Bound, batch_view, flatten_batch, lp_norms, room_along
-from .gradients import LossFn, cross_entropy_loss, loss_logits_and_grad
-from .rescale import (
-    Rescaling,
-    check_rescaling,
-    clipped_step,
-    model_bounds,
-    project,
-    rescale_eta,
-)
-from .sampling import draw
+from ..core.tensors import batch_view, lp_norms
+from .base import AttackCall, Bounds, ClippingAwareFixedEpsilonAttack, Rescaling
+from .first_success import FirstSuccess
+from .losses import LossFn, cross_entropy_loss, loss_logits_and_grad
+from .norms import L1, L2, LINF, sparse_sign_direction
 
-Bounds = tuple[Bound, Bound]
+__all__ = ["Bounds", "ClippingAwareGradientAttack", "sparse_sign_direction"]
 
 
-class ClippingAwareGradientAttack(FixedEpsilonAttack):
+class ClippingAwareGradientAttack(ClippingAwareFixedEpsilonAttack):
     """Projected gradient ascent with clipping-aware steps and exact projections.
+
+    Concrete attacks set ``norm`` and the defaults below. For L1 the direction is the sign
+    of the gradient on its ``l1_top_fraction`` largest coordinates among those that can
+    still move in the ascent direction (room to the box > 0), zero elsewhere -- the sparse
+    L1 descent direction of Tramèr & Boneh (2019), masked like APGD-L1 (Croce & Hein 2021).
+    The dense L1-normalised gradient that foolbox uses spreads the step over every pixel
+    and barely moves any; ``scripts/bench_l1_direction.py`` measures the candidates side by
+    side. Set ``l1_top_fraction=1.0`` for the dense sign.
 
     Args:
         rel_stepsize: Step size relative to epsilon.
@@ -73,10 +66,10 @@ class ClippingAwareGradientAttack(FixedEpsilonAttack):
             the rest of the batch.
     """
 
-    p: ClassVar[float]
     default_rel_stepsize: ClassVar[float]
     default_steps: ClassVar[int]
     default_random_start: ClassVar[bool]
+    l1_top_fraction: float = 0.01
 
     def __init__(
         self,
@@ -89,22 +82,17 @@ class ClippingAwareGradientAttack(FixedEpsilonAttack):
         keep_best: bool = True,
         seed: int | None = None,
     ) -> None:
+        super().__init__(rescaling=rescaling, seed=seed)
         self.rel_stepsize = self.default_rel_stepsize if rel_stepsize is None else rel_stepsize
         self.abs_stepsize = abs_stepsize
         self.steps = self.default_steps if steps is None else steps
         self.random_start = self.default_random_start if random_start is None else random_start
-        self.rescaling = check_rescaling(rescaling)
         self.keep_best = keep_best
-        self.seed = seed
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got steps={self.steps}")
         step = self.abs_stepsize if self.abs_stepsize is not None else self.rel_stepsize
         if not step > 0:
             raise ValueError(f"the step size must be > 0, got {step!r}")
-
-    @property
-    def distance(self) -> LpDistance:
-        return LpDistance(self.p)
 
     # -- the steps a subclass may override ------------------------------------------------
 
@@ -114,7 +102,7 @@ class ClippingAwareGradientAttack(FixedEpsilonAttack):
 
     def direction(self, gradient: ep.Tensor, *, x: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         """Ascent direction from the loss gradient (any scale: the step rescales it)."""
-        raise NotImplementedError
+        return self.norm.direction(gradient, x=x, bounds=bounds, sparsity=self.l1_top_fraction)
 
     def step(
         self, x: ep.Tensor, direction: ep.Tensor, size: ep.Tensor, bounds: Bounds
@@ -123,53 +111,38 @@ class ClippingAwareGradientAttack(FixedEpsilonAttack):
 
         Naive: ``x + size d / ||d||_p`` unclipped, as foolbox steps before it projects and clips.
         """
+        steps = self.rescaled(bounds)
         if self.rescaling == "naive":
-            eta = rescale_eta(x, direction, size, p=self.p, bounds=bounds, rescaling="naive")
-            return x + batch_view(eta, x.ndim) * direction
-        return clipped_step(x, direction, size, p=self.p, bounds=bounds, rescaling=self.rescaling)
+            return x + batch_view(steps.eta(x, direction, size), x.ndim) * direction
+        return steps.clipped_step(x, direction, size)
 
     def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         """Onto ``{v : ||v - x0||_p <= eps} ∩ box`` (exact, or project-then-clip when naive)."""
-        return project(x0, x, epsilon, p=self.p, bounds=bounds, rescaling=self.rescaling)
+        return self.rescaled(bounds).project(x0, x, epsilon)
 
     def sample_start(self, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
         """A random perturbation from the Lp ball of radius ``epsilon`` (before clipping)."""
-        raise NotImplementedError
+        return self.norm.ball_sample(x0, epsilon, seed=self.seed)
 
     def get_random_start(self, x0: ep.Tensor, epsilon: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         """``x0`` plus a ball sample; the clipped perturbation keeps the sample's norm
         (clipping-aware) unless the rescaling is naive (then: clip)."""
         r = self.sample_start(x0, epsilon)
-        return clipped_step(
-            x0, r, lp_norms(r, self.p), p=self.p, bounds=bounds, rescaling=self.rescaling
-        )
+        return self.rescaled(bounds).clipped_step(x0, r, lp_norms(r, self.p))
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(
-        self,
-        model: Model,
-        inputs: Any,
-        criterion: Any,
-        *,
-        epsilon: float,
-        **kwargs: Any,
-    ) -> Any:
-        raise_if_kwargs(kwargs)
-        x0, restore_type = ep.astensor_(inputs)
-        criterion_ = get_criterion(criterion)
-        del inputs, criterion, kwargs
-        verify_input_bounds(x0, model)
-        if not epsilon >= 0:
-            raise ValueError(f"epsilon must be >= 0, got epsilon={epsilon!r}")
-        if isinstance(criterion_, Misclassification):
-            ascent_sign, classes = 1.0, criterion_.labels
-        elif hasattr(criterion_, "target_classes"):
-            ascent_sign, classes = -1.0, criterion_.target_classes
+    def perturbed_batch(self, model: Model, call: AttackCall, epsilon: float) -> ep.Tensor:
+        """The iterates of projected gradient ascent; each sample's first adversarial one
+        (``keep_best``) or the last."""
+        x0, bounds, criterion = call.x, call.bounds, call.criterion
+        if isinstance(criterion, Misclassification):
+            ascent_sign, classes = 1.0, criterion.labels
+        elif isinstance(criterion, TargetedMisclassification):
+            ascent_sign, classes = -1.0, criterion.target_classes
         else:
-            raise ValueError(f"unsupported criterion {criterion_!r}")
-        bounds: Bounds = model_bounds(model)
-        n = x0.shape[0]
+            raise ValueError(f"unsupported criterion {criterion!r}")
+        n = len(x0)
         eps = ep.full(x0, (n,), float(epsilon))
         stepsize = ep.full(
             x0,
@@ -179,104 +152,19 @@ class ClippingAwareGradientAttack(FixedEpsilonAttack):
         loss_fn = self.get_loss_fn(model, classes)
 
         x = self.get_random_start(x0, eps, bounds) if self.random_start else x0
-        best, found = x, ep.zeros(x0, (n,)).bool()
+        first = FirstSuccess.starting_at(x)
         for _ in range(self.steps):
             _, logits, gradient = loss_logits_and_grad(loss_fn, x)
             if self.keep_best:
-                best, found = _remember_first(best, found, x, criterion_(x, logits))
-                if found.all().item():
-                    return restore_type(best)
+                first.update(x, criterion(x, logits))
+                if first.all_found():
+                    return first.best
             d = self.direction(ascent_sign * gradient, x=x, bounds=bounds)
             x = self.project(self.step(x, d, stepsize, bounds), x0, eps, bounds)
         if not self.keep_best:
-            return restore_type(x)
-        best, found = _remember_first(best, found, x, criterion_(x, model(x)))
-        return restore_type(ep.where(batch_view(found, x.ndim), best, x))
-
-
-def _remember_first(
-    best: ep.Tensor, found: ep.Tensor, x: ep.Tensor, is_adv: ep.Tensor
-) -> tuple[ep.Tensor, ep.Tensor]:
-    """Keep each sample's first adversarial iterate."""
-    new = ep.logical_and(is_adv, ep.logical_not(found))
-    return ep.where(batch_view(new, x.ndim), x, best), ep.logical_or(found, is_adv)
-
-
-class _L1(ClippingAwareGradientAttack):
-    """L1 attacks: sparse ascent direction, exact L1-ball ∩ box projection.
-
-    Direction: the sign of the gradient on its ``l1_top_fraction`` largest
-    coordinates among those that can still move in the ascent direction (room
-    to the box > 0), zero elsewhere -- the sparse L1 descent direction of Tramèr
-    & Boneh (2019), masked like APGD-L1 (Croce & Hein 2021). The dense
-    L1-normalised gradient that foolbox uses spreads the step over every pixel
-    and barely moves any; ``scripts/bench_l1_direction.py`` measures the
-    candidates side by side. Set ``l1_top_fraction=1.0`` for the dense sign.
-    """
-
-    p = 1.0
-    l1_top_fraction: float = 0.01
-
-    def direction(self, gradient: ep.Tensor, *, x: ep.Tensor, bounds: Bounds) -> ep.Tensor:
-        return sparse_sign_direction(gradient, x, bounds, self.l1_top_fraction)
-
-    def sample_start(self, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        n, dim = flatten_batch(x0).shape
-        if self.seed is None:
-            ball = uniform_l1_n_balls(x0, n, dim)
-        else:  # exponential spacings: e_1..e_n / (e_1 + ... + e_{n+1}), random signs
-            u = draw(x0, "uniform", seed=self.seed, shape=(n, dim + 1))
-            spacings = -ep.log(ep.maximum((u + 1) / 2, 1e-12))
-            signs = draw(x0, "uniform", seed=self.seed, stream=1, shape=(n, dim)).sign()
-            ball = signs * spacings[:, :dim] / spacings.sum(axis=1, keepdims=True)
-        return ball.reshape(x0.shape) * batch_view(epsilon, x0.ndim)
-
-
-class _L2(ClippingAwareGradientAttack):
-    """L2 attacks: the gradient direction, exact L2-ball ∩ box projection."""
-
-    p = 2.0
-
-    def direction(self, gradient: ep.Tensor, *, x: ep.Tensor, bounds: Bounds) -> ep.Tensor:
-        return gradient
-
-    def sample_start(self, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        n, dim = flatten_batch(x0).shape
-        if self.seed is None:
-            ball = uniform_l2_n_balls(x0, n, dim)
-        else:  # Voelker et al. (2017): the first n of n + 2 normal coordinates, normalised
-            g = draw(x0, "normal", seed=self.seed, shape=(n, dim + 2))
-            ball = (g / lp_norms(g, 2.0).reshape((-1, 1)))[:, :dim]
-        return ball.reshape(x0.shape) * batch_view(epsilon, x0.ndim)
-
-
-class _Linf(ClippingAwareGradientAttack):
-    """L-inf attacks: the gradient sign, projection by clipping (exact for L-inf)."""
-
-    p = math.inf
-
-    def direction(self, gradient: ep.Tensor, *, x: ep.Tensor, bounds: Bounds) -> ep.Tensor:
-        return gradient.sign()
-
-    def sample_start(self, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        return draw(x0, "uniform", seed=self.seed) * batch_view(epsilon, x0.ndim)
-
-
-def sparse_sign_direction(
-    gradient: ep.Tensor, x: ep.Tensor, bounds: Bounds, top_fraction: float
-) -> ep.Tensor:
-    """``sign(g_i)`` on the ``ceil(q n)`` largest ``|g_i|`` whose coordinate can still move
-    in that direction (room to the box > 0), zero elsewhere."""
-    lo, hi = bounds
-    g = flatten_batch(gradient)
-    movable = flatten_batch(room_along(x, gradient, lo, hi)) > 0
-    score = ep.where(movable, g.abs(), 0.0)
-    k = max(1, math.ceil(top_fraction * g.shape[1]))
-    if k >= g.shape[1]:
-        return ep.where(movable, g.sign(), 0.0).reshape(gradient.shape)
-    kth = ep.topk(score, k)[0][:, -1:]
-    chosen = ep.logical_and(score >= kth, score > 0)
-    return ep.where(chosen, g.sign(), 0.0).reshape(gradient.shape)
+            return x
+        first.update(x, criterion(x, model(x)))
+        return first.or_else(x)
 
 
 # -- the public classes: defaults follow foolbox 3.3.4 -------------------------------------
@@ -298,6 +186,18 @@ class _FGM:
     default_rel_stepsize: ClassVar[float] = 1.0
     default_steps: ClassVar[int] = 1
     default_random_start: ClassVar[bool] = False
+
+
+class _L1(ClippingAwareGradientAttack):
+    norm = L1
+
+
+class _L2(ClippingAwareGradientAttack):
+    norm = L2
+
+
+class _Linf(ClippingAwareGradientAttack):
+    norm = LINF
 
 
 class L1ClippingAwarePGD(_PGD, _L1):

@@ -45,23 +45,16 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import eagerpy as ep
 import numpy as np
-from foolbox.attacks.base import (
-    Criterion,
-    MinimizationAttack,
-    Model,
-    T,
-    raise_if_kwargs,
-)
-from foolbox.distances import LpDistance, l2, linf
+from foolbox.attacks.base import MinimizationAttack
 
 from ..core.tensors import batch_view, flatten_batch, lp_norms
-from .boundary import Box, DecisionBasedAttack, IsAdversarial
-from .rescale import Rescaling, clipped_step
-from .sampling import Distribution, draw
+from .base import AttackCall, Bounds, DecisionBasedAttack, IsAdversarial, Rescaling
+from .norms import L2, LINF, Norm, norm_named
+from .sampling import draw
 
 Constraint = Literal["l2", "linf"]
 StepsizeSearch = Literal["geometric_progression", "grid_search"]
@@ -105,8 +98,7 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         seed: int | None = None,
     ) -> None:
         super().__init__(init_attack=init_attack, rescaling=rescaling, seed=seed)
-        if constraint not in ("l2", "linf"):
-            raise ValueError(f"constraint must be 'l2' or 'linf', got constraint={constraint!r}")
+        self.constraint_norm = norm_named(constraint, (L2, LINF))
         if stepsize_search not in ("geometric_progression", "grid_search"):
             raise ValueError(
                 "stepsize_search must be 'geometric_progression' or 'grid_search', "
@@ -130,33 +122,16 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         self.constraint: Constraint = constraint
 
     @property
-    def distance(self) -> LpDistance:
-        return l2 if self.constraint == "l2" else linf
+    def norm(self) -> Norm:
+        """The constraint's norm (L2 or L-inf)."""
+        return self.constraint_norm
 
-    @property
-    def p(self) -> float:
-        """The order of the constraint's norm (2 or inf)."""
-        return 2.0 if self.constraint == "l2" else math.inf
-
-    def run(
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Criterion | T,
-        *,
-        early_stop: float | None = None,
-        starting_points: T | None = None,
-        **kwargs: Any,
-    ) -> T:
-        """Minimise the distance to ``inputs`` among adversarials; returns the best found."""
-        raise_if_kwargs(kwargs)
-        originals, restore_type = ep.astensor_(inputs)
-        del inputs, kwargs
-        is_adversarial, bounds, x_advs = self.start(
-            model, originals, criterion, early_stop=early_stop, starting_points=starting_points
-        )
-        del starting_points
-        x_advs = self.binary_search(is_adversarial, originals, x_advs)
+    def minimize(
+        self, call: AttackCall, is_adversarial: IsAdversarial, starts: ep.Tensor
+    ) -> ep.Tensor:
+        """Minimise the distance to ``call.x`` among adversarials; returns the best found."""
+        originals, bounds = call.x, call.bounds
+        x_advs = self.binary_search(is_adversarial, originals, starts)
         distances = self.distance(originals, x_advs)
         best, best_distances = x_advs, distances
 
@@ -176,7 +151,7 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
                 ep.where(delta > 0, delta, 1.0), x_advs.ndim
             )
             gradients = self.estimate_gradient(perturbations, decisions)
-            update = gradients.sign() if self.constraint == "linf" else gradients
+            update = self.norm.direction(gradients, x=x_advs, bounds=bounds)
 
             if self.stepsize_search == "geometric_progression":
                 sizes = distances / math.sqrt(step + 1)
@@ -190,12 +165,12 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
             better = distances < best_distances
             best = ep.where(batch_view(better, x_advs.ndim), x_advs, best)
             best_distances = ep.where(better, distances, best_distances)
-        return restore_type(best)
+        return best
 
     # ------------------------------------------------------------------ the steps
 
     def select_delta(
-        self, originals: ep.Tensor, distances: ep.Tensor, step: int, *, bounds: Box
+        self, originals: ep.Tensor, distances: ep.Tensor, step: int, *, bounds: Bounds
     ) -> ep.Tensor:
         """Probe size per sample: ``0.1 * (upper - lower)`` first, then ``gamma / d`` times
         the current distance (``sqrt(d) theta`` resp. ``d theta`` in the paper's notation)."""
@@ -211,7 +186,7 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         delta: ep.Tensor,
         num: int,
         *,
-        bounds: Box,
+        bounds: Bounds,
         key: ep.Tensor,
         stream: int,
     ) -> ep.Tensor:
@@ -220,15 +195,18 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         perturbation has norm ``delta`` in the constraint's norm (car, bisection) or
         ``eta = delta / ||u||`` (naive). ``key`` (the originals) seeds per-sample streams."""
         n = len(x_advs)
-        distribution: Distribution = "normal" if self.constraint == "l2" else "uniform"
         u = draw(
-            key, distribution, seed=self.seed, stream=stream, shape=(n, num, *x_advs.shape[1:])
+            key,
+            self.norm.probe_distribution(),
+            seed=self.seed,
+            stream=stream,
+            shape=(n, num, *x_advs.shape[1:]),
         )
         u = u.transpose((1, 0, *range(2, u.ndim))).reshape((num * n, *x_advs.shape[1:]))
         x = ep.tile(ep.expand_dims(x_advs, 0), (num,) + (1,) * x_advs.ndim)
         x = x.reshape((num * n, *x_advs.shape[1:]))
         sizes = ep.tile(delta, (num,))
-        probes = clipped_step(x, u, sizes, p=self.p, bounds=bounds, rescaling=self.rescaling)
+        probes = self.rescaled(bounds).clipped_step(x, u, sizes)
         return probes.reshape((num, *x_advs.shape))
 
     def estimate_gradient(self, perturbations: ep.Tensor, decisions: ep.Tensor) -> ep.Tensor:
@@ -249,13 +227,11 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         return grad / batch_view(norms + 1e-12, grad.ndim)
 
     def take_step(
-        self, x_advs: ep.Tensor, update: ep.Tensor, sizes: ep.Tensor, *, bounds: Box
+        self, x_advs: ep.Tensor, update: ep.Tensor, sizes: ep.Tensor, *, bounds: Bounds
     ) -> ep.Tensor:
         """``clip(x_adv + eta * update)`` whose clipped step has size ``sizes`` in the
         constraint's norm (exact for car and bisection, before clipping for naive)."""
-        return clipped_step(
-            x_advs, update, sizes, p=self.p, bounds=bounds, rescaling=self.rescaling
-        )
+        return self.rescaled(bounds).clipped_step(x_advs, update, sizes)
 
     def geometric_step(
         self,
@@ -264,7 +240,7 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         update: ep.Tensor,
         sizes: ep.Tensor,
         *,
-        bounds: Box,
+        bounds: Bounds,
     ) -> ep.Tensor:
         """Step along ``update`` from ``sizes``, halving per sample until adversarial; after
         ``MAX_HALVINGS`` halvings a sample keeps ``x_advs``."""
@@ -286,7 +262,7 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         update: ep.Tensor,
         distances: ep.Tensor,
         *,
-        bounds: Box,
+        bounds: Bounds,
     ) -> ep.Tensor:
         """Try 20 step sizes ``logspace(-4, 0) * distance``; binary-search each adversarial
         proposal back to the boundary and keep, per sample, the closest."""
@@ -310,12 +286,8 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
         ``perturbed``: along the segment (L2) or by shrinking the L-inf box around the
         original (L-inf), each sample to its own threshold. Stays inside the bounds."""
         d = int(np.prod(perturbed.shape[1:]))
-        if self.constraint == "linf":
-            highs = linf(originals, perturbed)
-            thresholds = highs * (self.gamma / (d * d))
-        else:
-            highs = ep.ones(perturbed, len(perturbed))
-            thresholds = highs * (self.gamma / (d * math.sqrt(d)))
+        highs = self.norm.search_range(originals, perturbed)
+        thresholds = highs * (self.gamma / self.norm.search_resolution(d))
         lows = ep.zeros_like(highs)
         for _ in range(MAX_BISECTIONS):
             mids = (lows + highs) / 2
@@ -325,14 +297,7 @@ class ClippingAwareHopSkipJump(DecisionBasedAttack):
             )
             if not active.any().item():
                 break
-            is_adv = is_adversarial(self._towards(originals, perturbed, mids))
+            is_adv = is_adversarial(self.norm.towards(originals, perturbed, mids))
             highs = ep.where(ep.logical_and(active, is_adv), mids, highs)
             lows = ep.where(ep.logical_and(active, is_adv.logical_not()), mids, lows)
-        return self._towards(originals, perturbed, highs)
-
-    def _towards(self, originals: ep.Tensor, perturbed: ep.Tensor, t: ep.Tensor) -> ep.Tensor:
-        """L2: ``(1 - t) x + t x'``; L-inf: ``x'`` with its perturbation clamped to ``+-t``."""
-        t_ = batch_view(t, originals.ndim)
-        if self.constraint == "linf":
-            return ep.minimum(ep.maximum(perturbed, originals - t_), originals + t_)
-        return (1.0 - t_) * originals + t_ * perturbed
+        return self.norm.towards(originals, perturbed, highs)

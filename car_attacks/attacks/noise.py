@@ -11,8 +11,8 @@ perturbation falls short of ``eps`` wherever clipping bites. Where even a
 saturating ``eta`` cannot reach ``eps`` the exact variants return the largest
 attainable perturbation along ``n`` (see :func:`car_attacks.reachable_norm`).
 
-The attacks subclass foolbox's :class:`~foolbox.attacks.base.FixedEpsilonAttack`
-and keep its call contract: ``attack(fmodel, inputs, criterion_or_labels,
+The attacks subclass the fixed-epsilon frame of :mod:`car_attacks.attacks.base`
+and keep foolbox's call contract: ``attack(fmodel, inputs, criterion_or_labels,
 epsilons=[...])`` returns ``raw, clipped, success``. Subclasses change one step
 by overriding :meth:`ClippingAwareAdditiveNoiseAttack.sample_noise` or
 :meth:`ClippingAwareAdditiveNoiseAttack.perturb`.
@@ -32,43 +32,17 @@ Normalization and Rescaling", arXiv:2007.07677, 2020.
 from __future__ import annotations
 
 import contextlib
-import math
+from abc import abstractmethod
 from collections.abc import Iterator
-from typing import Any, ClassVar
 
 import eagerpy as ep
-from foolbox.attacks.base import (
-    Criterion,
-    FixedEpsilonAttack,
-    Model,
-    T,
-    get_criterion,
-    get_is_adversarial,
-    raise_if_kwargs,
-    verify_input_bounds,
-)
-from foolbox.distances import LpDistance
+from foolbox.attacks.base import Model, get_is_adversarial
 
-from ..core.tensors import batch_view, stop_gradient
-from .rescale import Rescaling, check_rescaling, clipped_step, model_bounds
+from ..core.tensors import stop_gradient
+from .base import AttackCall, Bounds, ClippingAwareFixedEpsilonAttack, Rescaling
+from .first_success import FirstSuccess
+from .norms import L1, L2, LINF
 from .sampling import Distribution, draw
-
-__all__ = [
-    "ClippingAwareAdditiveNoiseAttack",
-    "ClippingAwareRepeatedAdditiveNoiseAttack",
-    "L1ClippingAwareAdditiveGaussianNoiseAttack",
-    "L1ClippingAwareAdditiveUniformNoiseAttack",
-    "L1ClippingAwareRepeatedAdditiveGaussianNoiseAttack",
-    "L1ClippingAwareRepeatedAdditiveUniformNoiseAttack",
-    "L2ClippingAwareAdditiveGaussianNoiseAttack",
-    "L2ClippingAwareAdditiveUniformNoiseAttack",
-    "L2ClippingAwareRepeatedAdditiveGaussianNoiseAttack",
-    "L2ClippingAwareRepeatedAdditiveUniformNoiseAttack",
-    "LinfClippingAwareAdditiveGaussianNoiseAttack",
-    "LinfClippingAwareAdditiveUniformNoiseAttack",
-    "LinfClippingAwareRepeatedAdditiveGaussianNoiseAttack",
-    "LinfClippingAwareRepeatedAdditiveUniformNoiseAttack",
-]
 
 
 @contextlib.contextmanager
@@ -83,11 +57,11 @@ def _no_grad(x: ep.Tensor) -> Iterator[None]:
         yield
 
 
-class ClippingAwareAdditiveNoiseAttack(FixedEpsilonAttack):
+class ClippingAwareAdditiveNoiseAttack(ClippingAwareFixedEpsilonAttack):
     """Additive noise ``n`` rescaled so that ``||clip(x + eta n, lo, hi) - x||_p = eps``.
 
-    Concrete attacks set the class attributes ``p`` (1, 2 or ``math.inf``) and
-    ``distribution`` (``"normal"`` or ``"uniform"``).
+    Concrete attacks set the class attributes ``norm`` (``L1``, ``L2`` or ``LINF`` of
+    :mod:`car_attacks.attacks.norms`) and ``distribution`` (``"normal"`` or ``"uniform"``).
 
     Args:
         rescaling: ``"car"`` (exact, default), ``"bisection"`` (iterative
@@ -98,49 +72,28 @@ class ClippingAwareAdditiveNoiseAttack(FixedEpsilonAttack):
             identical runs: use the ``Repeated`` classes or ``seed=None`` for that.
     """
 
-    p: ClassVar[float]
-    distribution: ClassVar[Distribution]
-
-    def __init__(self, *, rescaling: Rescaling = "car", seed: int | None = None) -> None:
-        if not hasattr(type(self), "p") or not hasattr(type(self), "distribution"):
-            raise TypeError(
-                f"{type(self).__name__} must set the class attributes p and distribution"
-            )
-        self.rescaling: Rescaling = check_rescaling(rescaling)
-        self.seed = seed
-
     @property
-    def distance(self) -> LpDistance:
-        return LpDistance(self.p)
+    @abstractmethod
+    def distribution(self) -> Distribution:
+        """The noise distribution (a class attribute)."""
 
     def sample_noise(self, x: ep.Tensor, stream: int = 0) -> ep.Tensor:
         """A noise direction of the shape of ``x``; ``stream`` numbers independent draws."""
         return draw(x, self.distribution, seed=self.seed, stream=stream)
 
-    def perturb(
-        self, x: ep.Tensor, noise: ep.Tensor, eps: ep.Tensor, bounds: tuple[float, float]
-    ) -> ep.Tensor:
+    def perturb(self, x: ep.Tensor, noise: ep.Tensor, eps: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         """``clip(x + eta * noise)`` with ``eta`` from the chosen rescaling; ``eps`` is (N,)."""
-        return clipped_step(x, noise, eps, p=self.p, bounds=bounds, rescaling=self.rescaling)
+        return self.rescaled(bounds).clipped_step(x, noise, eps)
 
-    def run(
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Criterion | Any = None,
-        *,
-        epsilon: float,
-        **kwargs: Any,
-    ) -> T:
-        raise_if_kwargs(kwargs)
-        x, restore_type = ep.astensor_(inputs)
-        del inputs, criterion, kwargs
-        x = stop_gradient(x)
-        verify_input_bounds(x, model)
+    def perturbed_batch(self, model: Model, call: AttackCall, epsilon: float) -> ep.Tensor:
+        """:meth:`attempts` on the detached inputs, without autograd."""
+        x = stop_gradient(call.x)
         with _no_grad(x):
-            eps = _eps_tensor(x, epsilon)
-            result = self.perturb(x, self.sample_noise(x, 0), eps, model_bounds(model))
-        return restore_type(result)
+            return self.attempts(model, call, x, ep.full(x, (len(x),), float(epsilon)))
+
+    def attempts(self, model: Model, call: AttackCall, x: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
+        """The perturbed batch: one draw, rescaled."""
+        return self.perturb(x, self.sample_noise(x, 0), eps, call.bounds)
 
 
 class ClippingAwareRepeatedAdditiveNoiseAttack(ClippingAwareAdditiveNoiseAttack):
@@ -170,64 +123,38 @@ class ClippingAwareRepeatedAdditiveNoiseAttack(ClippingAwareAdditiveNoiseAttack)
         self.repeats = repeats
         self.check_trivial = check_trivial
 
-    def run(
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Criterion | Any = None,
-        *,
-        epsilon: float,
-        **kwargs: Any,
-    ) -> T:
-        raise_if_kwargs(kwargs)
-        x, restore_type = ep.astensor_(inputs)
-        is_adversarial = get_is_adversarial(get_criterion(criterion), model)
-        del inputs, criterion, kwargs
-        x = stop_gradient(x)
-        verify_input_bounds(x, model)
-        bounds = model_bounds(model)
-        with _no_grad(x):
-            eps = _eps_tensor(x, epsilon)
-            result = x
-            if self.check_trivial:
-                found = is_adversarial(x)
-            else:
-                found = ep.zeros(x, len(x)).bool()
-            for stream in range(self.repeats):
-                if found.all().item():
-                    break
-                candidate = self.perturb(x, self.sample_noise(x, stream), eps, bounds)
-                is_adv = is_adversarial(candidate)
-                new = ep.logical_and(is_adv, ep.logical_not(found))
-                result = ep.where(batch_view(new, x.ndim), candidate, result)
-                found = ep.logical_or(found, is_adv)
-        return restore_type(result)
-
-
-def _eps_tensor(x: ep.Tensor, epsilon: float) -> ep.Tensor:
-    if not (math.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"epsilon must be finite and >= 0, got epsilon={epsilon!r}")
-    return ep.full(x, (len(x),), float(epsilon))
+    def attempts(self, model: Model, call: AttackCall, x: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
+        """Up to ``repeats`` draws; each sample keeps its first adversarial one."""
+        if call.criterion is None:
+            raise ValueError("the repeated noise attacks need labels or a criterion, got None")
+        is_adversarial = get_is_adversarial(call.criterion, model)
+        first = FirstSuccess.starting_at(x, is_adversarial(x) if self.check_trivial else None)
+        for stream in range(self.repeats):
+            if first.all_found():
+                break
+            candidate = self.perturb(x, self.sample_noise(x, stream), eps, call.bounds)
+            first.update(candidate, is_adversarial(candidate))
+        return first.best
 
 
 class _L1:
-    p: ClassVar[float] = 1.0
+    norm = L1
 
 
 class _L2:
-    p: ClassVar[float] = 2.0
+    norm = L2
 
 
 class _Linf:
-    p: ClassVar[float] = math.inf
+    norm = LINF
 
 
 class _Gaussian:
-    distribution: ClassVar[Distribution] = "normal"
+    distribution: Distribution = "normal"
 
 
 class _Uniform:
-    distribution: ClassVar[Distribution] = "uniform"
+    distribution: Distribution = "uniform"
 
 
 class L1ClippingAwareAdditiveGaussianNoiseAttack(_L1, _Gaussian, ClippingAwareAdditiveNoiseAttack):

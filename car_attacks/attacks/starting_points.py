@@ -5,15 +5,35 @@ Boundary Attack and HopSkipJump start from a point the model already misclassifi
 prediction differs from the sample's label; :func:`blend_to_boundary` then moves that
 start towards the sample by a per-sample binary search on ``x + t (start - x)``, so it
 lies just on the adversarial side of the decision boundary. Both are deterministic and
-treat every sample independently.
+treat every sample independently. :func:`blended_noise_init` is the attacks' own seeded
+default (per-sample uniform noise, blended towards the sample).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import eagerpy as ep
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["batch_blend_starting_points", "blend_to_boundary", "nearest_other_class"]
+from ..core.tensors import Bounds, batch_view, clip_to_bounds
+from .first_success import FirstSuccess
+from .sampling import draw
+
+__all__ = [
+    "INIT_STREAM",
+    "IsAdversarial",
+    "batch_blend_starting_points",
+    "blend_to_boundary",
+    "blended_noise_init",
+    "nearest_other_class",
+]
+
+IsAdversarial = Callable[[ep.Tensor], ep.Tensor]
+INIT_STREAM = 2**31
+"""First random stream of the seeded initialisation (attack steps use streams below it)."""
 
 
 def nearest_other_class(
@@ -57,3 +77,38 @@ def batch_blend_starting_points(
     (:func:`nearest_other_class`, then :func:`blend_to_boundary`); ``steps + 2`` forward
     passes of the batch. Misclassified samples start at themselves."""
     return blend_to_boundary(model, x, y, nearest_other_class(model, x, y), steps=steps)
+
+
+def blended_noise_init(
+    is_adversarial: IsAdversarial,
+    originals: ep.Tensor,
+    bounds: Bounds,
+    *,
+    seed: int,
+    directions: int = 1000,
+    steps: int = 50,
+) -> ep.Tensor:
+    """Per-sample seeded version of foolbox's ``LinearSearchBlendedUniformNoiseAttack``.
+
+    Draws uniform noise in ``bounds`` until it is adversarial (stream ``INIT_STREAM + j``
+    for the j-th draw), then returns the smallest blend ``(1 - e) x + e noise`` on a grid
+    of ``steps + 1`` values that is adversarial. Samples without an adversarial draw
+    are returned unchanged (the caller reports them).
+    """
+    lo, hi = bounds
+    noise = FirstSuccess.starting_at(originals)
+    for j in range(directions):
+        u = draw(originals, "uniform", seed=seed, stream=INIT_STREAM + j)
+        candidate = lo + (u + 1.0) * ((hi - lo) / 2.0)
+        noise.update(candidate, is_adversarial(candidate))
+        if noise.all_found():
+            break
+    best = ep.ones(originals, len(originals))
+    for e in np.linspace(0, 1, num=steps + 1, dtype=np.float32):
+        blend = (1 - e.item()) * originals + e.item() * noise.best
+        best = ep.minimum(ep.where(is_adversarial(blend), e.item(), 1.0), best)
+        if (best < 1).all().item():
+            break
+    best = batch_view(best, originals.ndim)
+    blend = clip_to_bounds((1 - best) * originals + best * noise.best, lo, hi)  # rounding
+    return ep.where(batch_view(noise.found, originals.ndim), blend, originals)
