@@ -8,7 +8,7 @@ One model per call (``--model``):
                    recomputed every epoch), as in Li et al. (NeurIPS 2019);
 * ``cnn``       -- small CNN, cross-entropy;
 * ``cnn_noise`` -- small CNN on inputs with clipping-aware Gaussian noise whose clipped
-                   L2 norm is exactly eps (:class:`car_attacks.augment.ClippingAwareNoise`);
+                   L2 norm is exactly eps (:class:`car_attacks.data.augment.ClippingAwareNoise`);
 * ``cnn_pgd``   -- small CNN adversarially trained with the project's clipping-aware
                    L2 PGD (:class:`car_attacks.attacks.L2ClippingAwarePGD`).
 
@@ -171,7 +171,7 @@ def make_loss(
         return loss_fn, setup
 
     if args.model == "cnn_noise":
-        from car_attacks.augment import ClippingAwareNoise
+        from car_attacks.data.augment import ClippingAwareNoise
 
         noise = ClippingAwareNoise(
             eps=tuple(args.noise_eps), p=2, distribution="gaussian", seed=args.seed

@@ -1,4 +1,5 @@
-"""ClippingAwareNoise: training-time noise whose clipped Lp norm is exactly eps."""
+"""car_attacks.data.augment.ClippingAwareNoise: training-time noise whose clipped Lp norm is
+exactly eps."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from car_attacks import reachable_norm
-from car_attacks.augment import ClippingAwareNoise
+from car_attacks.data.augment import ClippingAwareNoise
 
 P_VALUES = [1.0, 2.0, math.inf]
 DISTRIBUTIONS = ["gaussian", "uniform"]
@@ -181,3 +182,9 @@ def test_invalid_arguments() -> None:
         ClippingAwareNoise(1.0, bounds=(1.0, 0.0))
     with pytest.raises(ValueError, match="bounds"):
         ClippingAwareNoise(1.0)(torch.full((2, 3), 2.0))
+
+
+def test_old_module_path_reexports_the_class() -> None:
+    from car_attacks import augment
+
+    assert augment.ClippingAwareNoise is ClippingAwareNoise

@@ -422,3 +422,43 @@ def test_training_reduces_hinge_loss() -> None:
     assert losses[-1] < 0.8 * losses[0]
     model.eval()
     assert lipschitz_bound(model, (3, 8, 8)) <= 1 + 1e-4
+
+
+# --------------------------------------------------------------------------- Normalize
+
+
+def test_one_normalize_for_models_and_certification() -> None:
+    from car_attacks import models
+
+    assert models.Normalize is Normalize
+    norm = Normalize((0.5, 0.4, 0.3), (0.5, 0.25, 0.4))
+    assert norm.lipschitz_constant() == pytest.approx(4.0)
+    x = torch.rand(2, 3, 4, 4)
+    expected = (x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.5, 0.25, 0.4]
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(norm(x), expected)
+    torch.testing.assert_close(norm(x.double()), expected.double())
+    assert norm(x.half()).dtype == torch.float16
+    flat = torch.rand(5, 3)  # (N, C) inputs broadcast over the channel dimension too
+    torch.testing.assert_close(norm(flat), (flat - norm.mean) / norm.std)
+    shared = Normalize(127.0 / 255.0, 128.0 / 255.0)  # one value for every channel
+    torch.testing.assert_close(shared(x), (x - 127 / 255) / (128 / 255))
+    assert lipschitz_bound(nn.Sequential(shared, nn.Flatten()), (3, 4, 4)) == pytest.approx(
+        255 / 128
+    )
+    for mean, std in (((0.0, 0.0), (1.0, 1.0, 1.0)), ((0.0,), (1.0, 0.0))):
+        with pytest.raises(ValueError, match="same length|positive"):
+            Normalize(mean, std)
+
+
+def test_normalize_state_dict_keys() -> None:
+    assert Normalize(0.5, 0.2).state_dict() == {}  # preprocessing stays out of checkpoints
+    kept = Normalize((0.5,), (0.2,), persistent=True).state_dict()
+    assert sorted(kept) == ["mean", "std"] and kept["std"].shape == (1,)
+    net = bcop_network(3, 4, 4, widths=(4,), mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.4))
+    state = net.state_dict()
+    assert state["0.mean"].shape == state["0.std"].shape == (3,)
+    again = bcop_network(3, 4, 4, widths=(4,), mean=(0.1, 0.1, 0.1), std=(1.0, 1.0, 1.0))
+    again.load_state_dict(state)
+    torch.testing.assert_close(again[0].std, torch.tensor([0.5, 0.25, 0.4]))

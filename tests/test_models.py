@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,39 @@ def test_registry_lists_named_models() -> None:
     for spec in list_models():
         assert spec.available() == (True, ""), spec.available()
         assert spec.offline
+
+
+def shipped_model_names() -> list[str]:
+    """The package's own models, listed by a fresh interpreter (other test modules register
+    test models in this one)."""
+    code = "from car_attacks.models import list_models; print(*(s.name for s in list_models()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return proc.stdout.split()
+
+
+def test_specs_take_task_facts_from_their_data_set() -> None:
+    from car_attacks.data import DATASETS
+
+    names = shipped_model_names()
+    assert {"cifar10_resnet18", "fashion_mnist_bcop"} <= set(names)
+    for spec in (model_spec(name) for name in names):
+        task = DATASETS[spec.datasets[0]]
+        assert (spec.num_classes, spec.input_shape, spec.bounds) == (
+            task.num_classes,
+            task.input_shape,
+            task.bounds,
+        )
+        assert spec.description and spec.certified == (spec.name == "fashion_mnist_bcop")
+    with pytest.raises(TypeError):
+        ModelSpec("x", "y", 10, (1, 2, 2), True)  # type: ignore[misc]
+
+
+def test_old_registry_module_path_keeps_its_names() -> None:
+    from car_attacks.models import registry
+
+    assert registry.ModelSpec is ModelSpec and registry.packaged_weights is packaged_weights
+    assert registry.TORCHVISION_PREFIX == "torchvision:" and registry.MODELS is MODELS
+    assert registry.WEIGHTS_DIR.name == "weights" and registry.load_model is load_model
 
 
 def test_unknown_name_lists_known_models() -> None:

@@ -40,6 +40,7 @@ class BjorckLinear(nn.Module):
         self,
         in_features: int,
         out_features: int,
+        *,
         bias: bool = True,
         bjorck_iters: int = 20,
         eval_bjorck_iters: int | None = None,
@@ -132,25 +133,43 @@ class InvertibleDownsampling(nn.Module):
 
 
 class Normalize(nn.Module):
-    """Per-channel ``(x - mean) / std`` on ``(N, C, ...)`` inputs; Lipschitz ``1 / min(std)``."""
+    """Per-channel ``(x - mean) / std`` on ``(N, C, ...)`` inputs; Lipschitz ``1 / min(std)``.
+
+    ``mean`` and ``std`` are floats or per-channel sequences (a single value is shared
+    by all channels). With ``persistent=False`` they stay out of ``state_dict()``, so a
+    model wrapped with its preprocessing (:class:`car_attacks.models.Preprocessed`)
+    saves only its own weights; :func:`car_attacks.lipschitz.bcop_network` keeps them
+    (keys ``<i>.mean`` and ``<i>.std``).
+    """
 
     mean: Tensor
     std: Tensor
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        *,
+        persistent: bool = False,
+    ) -> None:
         super().__init__()
-        if len(mean) != len(std):
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if len(mean_t) != len(std_t) and 1 not in (len(mean_t), len(std_t)):
             raise ValueError("mean and std must have the same length")
-        if min(std) <= 0:
-            raise ValueError("std must be positive")
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
+        if torch.any(std_t <= 0):
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", mean_t, persistent=persistent)
+        self.register_buffer("std", std_t, persistent=persistent)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(x - mean) / std`` broadcast over the channel dimension 1."""
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.mean.view(shape)) / self.std.view(shape)
+        return (x - self.mean.view(shape).to(x.dtype)) / self.std.view(shape).to(x.dtype)
 
     def lipschitz_constant(self) -> float:
         """``1 / min(std)``."""
         return float(1.0 / self.std.double().min())
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

@@ -90,7 +90,7 @@ def bcop_network(
     if mean is not None and std is not None:
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError("mean/std must have one entry per input channel")
-        layers.append(Normalize(mean, std))
+        layers.append(Normalize(mean, std, persistent=True))
     channels, size = in_channels, image_size
     for width in widths:
         for _ in range(depth):

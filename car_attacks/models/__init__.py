@@ -7,22 +7,13 @@
 Weight files are always read with ``torch.load(..., weights_only=True)``.
 """
 
-from . import fashion_mnist  # noqa: F401  (registers the fashion_mnist_* models)
+from . import fashion_mnist, installed  # noqa: F401  (register their models)
 from .checkpoint import load_checkpoint, load_weights_into, normalize_state_dict
 from .cifar_resnet import CifarResNet, cifar_resnet18
 from .layers import IMAGENET_MEAN, IMAGENET_STD, Normalize, Preprocessed
-from .registry import (
-    MODELS,
-    TORCHVISION_PREFIX,
-    WEIGHTS_DIR,
-    ModelSpec,
-    WeightsUnavailableError,
-    list_models,
-    load_model,
-    model_spec,
-    packaged_weights,
-    register_model,
-)
+from .registry import MODELS, list_models, load_model, model_spec, register_model
+from .spec import WEIGHTS_DIR, ModelSpec, WeightsUnavailableError, packaged_weights
+from .torchvision_models import TORCHVISION_PREFIX
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -12,7 +12,7 @@ normalisation.
   :func:`car_attacks.lipschitz.certified_radius`.
 * ``fashion_mnist_cnn`` -- a small standard CNN (cross-entropy).
 * ``fashion_mnist_cnn_noise`` -- the same CNN trained on inputs with clipping-aware
-  Gaussian noise of exact L2 size (:class:`car_attacks.augment.ClippingAwareNoise`).
+  Gaussian noise of exact L2 size (:class:`car_attacks.data.augment.ClippingAwareNoise`).
 * ``fashion_mnist_cnn_pgd`` -- the same CNN adversarially trained with the project's
   clipping-aware L2 PGD (:class:`car_attacks.attacks.L2ClippingAwarePGD`).
 """
@@ -20,12 +20,14 @@ normalisation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..lipschitz import bcop_network
-from .registry import WEIGHTS_DIR, ModelSpec, packaged_weights, register_model
+from .registry import register_model
+from .spec import WEIGHTS_DIR, local_weights_model, packaged_weights
 
 __all__ = [
     "BCOP_WIDTHS",
@@ -92,7 +94,7 @@ _COMMON = "Fashion-MNIST (inputs in [0, 1], 1x28x28, no normalisation), trained 
 _SCRIPT = "scripts/train_fashion_mnist.py; accuracies in car_attacks/weights/metrics.json"
 
 #: name -> (architecture, description)
-FASHION_MNIST_MODELS: dict[str, tuple[Any, str]] = {
+FASHION_MNIST_MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "fashion_mnist_bcop": (
         bcop_classifier,
         "BCOP Lipschitz network (orthogonal convolutions, certified l2 radii) on " + _COMMON,
@@ -110,13 +112,9 @@ FASHION_MNIST_MODELS: dict[str, tuple[Any, str]] = {
 
 for _name, (_arch, _description) in FASHION_MNIST_MODELS.items():
     register_model(
-        ModelSpec(
+        local_weights_model(
             name=_name,
             description=_description + _SCRIPT,
-            num_classes=10,
-            input_shape=(1, 28, 28),
-            bounds=(0.0, 1.0),
-            offline=True,
             datasets=("fashion_mnist", "foolbox_fashion_mnist"),
             architecture=_arch,
             locate_weights=packaged_weights(f"{_name}.pt"),
