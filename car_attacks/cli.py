@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["build_parser", "main"]
 
@@ -60,10 +61,11 @@ def _config_path(spec: str | None) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .evaluation import load_config, run_experiment
+    from .evaluation import check_references, load_config, run_experiment
 
     path = _config_path(args.config)
     config, text = load_config(path, overrides=args.set)
+    methods = check_references(config)
     out = Path(args.out) if args.out else _default_out(config.name)
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun rank other than 0: errors only
         args.quiet = True
@@ -78,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not args.quiet,
         report=not args.no_report,
         log=None if args.quiet else _info,
+        methods=methods,
     )
     if not args.quiet:
         _print_summary(summary.run_dir)
@@ -121,138 +124,90 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .evaluation import load_config
+    from .evaluation import check_references, load_config
 
     for spec in args.configs:
         path = _config_path(spec)
         config, _ = load_config(path, overrides=args.set)
+        check_references(config)
         n_units = len(config.attacks)
         print(f"{path}: ok ({config.name}: {n_units} attack(s), {len(config.peers)} peer(s))")
     return 0
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
-    try:
-        module = importlib.import_module("car_attacks.benchmarks.rescaling")
-    except ImportError as exc:
-        raise _Failure(f"the rescaling benchmark is not available: {exc}", 1) from None
-    entry = getattr(module, "main", None)
-    if not callable(entry):
-        raise _Failure("car_attacks.benchmarks.rescaling has no main()", 1)
+    """The rescaling benchmark (:mod:`car_attacks.benchmarks.rescaling_timing`)."""
+    from .benchmarks.rescaling_timing import main as bench_main
+
     old = sys.argv[0]
     sys.argv[0] = f"{PROG} bench"  # argparse takes its prog from argv[0]
     try:
-        rc = entry(list(argv))
+        return int(bench_main(list(argv)) or 0)
     finally:
         sys.argv[0] = old
-    return int(rc or 0)
-
-
-def _listing() -> dict[str, Any]:
-    from .evaluation import registry
-    from .evaluation.configs import DEFAULT_CONFIG, shipped_configs
-
-    def guard(fn: Any) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # one broken registry must not hide the others
-            return {"error": f"{type(exc).__name__}: {exc}"}
-
-    models = guard(registry.model_entries)
-    datasets = guard(registry.dataset_entries)
-    configs = []
-    model_ok = {m["name"]: m for m in models} if isinstance(models, list) else {}
-    for name, path in shipped_configs().items():
-        entry: dict[str, Any] = {"name": name, "path": str(path), "default": name == DEFAULT_CONFIG}
-        try:
-            from .evaluation import load_config
-
-            cfg, _ = load_config(path)
-        except Exception as exc:
-            entry.update(available=False, reason=str(exc))
-        else:
-            reasons = []
-            m = model_ok.get(cfg.model.name)
-            if cfg.model.weights is None and (m is None or not m["available"]):
-                reasons.append(m["reason"] if m else f"model {cfg.model.name} needs weights")
-            ok, why = registry.dataset_available(cfg.data.name, cfg.data.root)
-            if not ok:
-                reasons.append(why)
-            entry.update(
-                model=cfg.model.name,
-                data=cfg.data.name,
-                available=not reasons,
-                reason="; ".join(reasons),
-            )
-        configs.append(entry)
-    attacks = guard(lambda: [a.__dict__ for a in registry.attack_entries()])
-    peers = guard(lambda: [a.__dict__ for a in registry.peer_entries()])
-    return {
-        "models": models,
-        "datasets": datasets,
-        "attacks": attacks,
-        "peers": peers,
-        "configs": configs,
-    }
 
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "no "
 
 
+def _section(out: list[str], title: str, items: list[T] | Any, fmt: Callable[[T], str]) -> None:
+    """A titled section of ``car-attacks list``; ``items`` may be a section that failed."""
+    from .evaluation.listing import Unavailable
+
+    out.append(title)
+    if isinstance(items, Unavailable):
+        out.append(f"  unavailable: {items.error}")
+    else:
+        out.extend(fmt(i) for i in items)
+    out.append("")
+
+
+def _offline_line(name: str, width: int, available: bool, text: str, reason: str) -> str:
+    """``  NAME  offline: yes|no  TEXT`` and, when not available, the reason below it."""
+    line = f"  {name:<{width}} offline: {_yes(available)}  {text}"
+    return line if available else f"{line}\n  {'':<{width}} -> {reason}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    data = _listing()
+    from .evaluation.listing import AttackInfo, ConfigEntry, DatasetEntry, ModelEntry, listing
+
+    data = listing()
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data.to_json(), indent=2))
         return 0
     out: list[str] = []
 
-    def section(title: str, items: Any, fmt: Any) -> None:
-        out.append(title)
-        if isinstance(items, dict):
-            out.append(f"  unavailable: {items['error']}")
-        else:
-            out.extend(fmt(i) for i in items)
-        out.append("")
+    def named(i: ModelEntry | DatasetEntry) -> str:
+        return _offline_line(i.name, 30, i.available, i.description, i.reason)
 
-    def avail(i: dict[str, Any]) -> str:
-        return f"offline: {_yes(i['available'])}"
+    def config(i: ConfigEntry) -> str:
+        name = i.name + (" (default)" if i.default else "")
+        return _offline_line(name, 40, i.available, f"{i.model or ''} on {i.data or ''}", i.reason)
 
-    section(
-        "Models (model.name; offline = usable here without a download):",
-        data["models"],
-        lambda i: (
-            f"  {i['name']:<30} {avail(i)}  {i['description']}"
-            + ("" if i["available"] else f"\n  {'':<30} -> {i['reason']}")
-        ),
+    def attack(i: AttackInfo) -> str:
+        return f"  {i.name:<48} {i.norm:<5} {i.kind}"
+
+    def peer(i: AttackInfo) -> str:
+        return f"  {i.source:<10} {i.name:<44} {i.norm:<10} {i.kind}"
+
+    _section(
+        out, "Models (model.name; offline = usable here without a download):", data.models, named
     )
-    section(
-        "Data sets (data.name):",
-        data["datasets"],
-        lambda i: (
-            f"  {i['name']:<30} {avail(i)}  {i['description']}"
-            + ("" if i["available"] else f"\n  {'':<30} -> {i['reason']}")
-        ),
-    )
-    section(
+    _section(out, "Data sets (data.name):", data.datasets, named)
+    _section(
+        out,
         "Attacks (attacks[].class; each runs with rescaling car | bisection | naive):",
-        data["attacks"],
-        lambda i: f"  {i['name']:<48} {i['norm']:<5} {i['kind']}",
+        data.attacks,
+        attack,
     )
-    section(
+    _section(
+        out,
         "Peers (peers[].library / class; compared on the same axes as an attack):",
-        data["peers"],
-        lambda i: f"  {i['source']:<10} {i['name']:<44} {i['norm']:<10} {i['kind']}",
+        data.peers,
+        peer,
     )
-    section(
-        "Configs (car-attacks run NAME):",
-        data["configs"],
-        lambda i: (
-            f"  {i['name'] + (' (default)' if i['default'] else ''):<40} "
-            f"offline: {_yes(i['available'])}  {i.get('model', '')} on {i.get('data', '')}"
-            + (f"\n  {'':<40} -> {i['reason']}" if not i["available"] else "")
-        ),
-    )
+    _section(out, "Configs (car-attacks run NAME):", data.configs, config)
     print("\n".join(out).rstrip("\n"))
     return 0
 
@@ -271,6 +226,15 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, description: str
+) -> argparse.ArgumentParser:
+    """The sub-command ``name``, which ``func`` runs."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -283,12 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "run",
-        help="run an experiment config and write results and a report",
-        description="Run an experiment from a YAML config and write per-sample results and a "
-        "report (report.json, report.md, report.html) to DIR. Rerunning with the same config "
-        "and --out resumes an interrupted run and redoes only the missing work.",
+        cmd_run,
+        "run an experiment config and write results and a report",
+        "Run an experiment from a YAML config and write per-sample results and a report "
+        "(report.json, report.md, report.html) to DIR. Rerunning with the same config and "
+        "--out resumes an interrupted run and redoes only the missing work.",
     )
     p.add_argument(
         "config",
@@ -308,17 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="store results only")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "report",
-        help="rebuild the report of a run directory from its stored results",
-        description="Rebuild report.json, report.md, report.html and figures/ of a run "
-        "directory from its stored results (also for an incomplete run).",
+        cmd_report,
+        "rebuild the report of a run directory from its stored results",
+        "Rebuild report.json, report.md, report.html and figures/ of a run directory from "
+        "its stored results (also for an incomplete run).",
     )
     p.add_argument("dir", metavar="DIR", help="a run directory written by `car-attacks run`")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    p.set_defaults(func=cmd_report)
 
     sub.add_parser(
         "bench",
@@ -327,24 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "list",
-        help="named models, data sets, attacks, peers and configs, and which work offline",
-        description="List the named models, data sets, attack classes, peers and shipped "
-        "configs, and whether each is usable offline on this machine.",
+        cmd_list,
+        "named models, data sets, attacks, peers and configs, and which work offline",
+        "List the named models, data sets, attack classes, peers and shipped configs, and "
+        "whether each is usable offline on this machine.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "validate",
-        help="check config files without running them",
-        description="Parse and check config files (keys, types, model, data set, attack "
-        "classes and parameters) without loading weights or data.",
+        cmd_validate,
+        "check config files without running them",
+        "Parse and check config files (keys, types, model, data set, attack classes and "
+        "parameters) without loading weights or data.",
     )
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="config files or shipped names")
     _add_set_option(p)
-    p.set_defaults(func=cmd_validate)
     return parser
 
 

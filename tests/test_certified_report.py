@@ -201,6 +201,7 @@ def test_compute_report_counts_synthetic_violations() -> None:
         "eps": [],
         "indices": idx,
         "labels": [0] * N,
+        "pred": [0] * N,
         "correct": [True] * N,
         "lipschitz": 2.0,
         "input_size": 784,
@@ -210,6 +211,8 @@ def test_compute_report_counts_synthetic_violations() -> None:
     def fixed(e: float, bad: list[int]) -> dict[str, Any]:
         return {
             "method": "pgd_l2/car",
+            "attack": "pgd_l2",
+            "variant": "car",
             "batch": 0,
             "eps": [e],
             "indices": idx,
@@ -222,6 +225,8 @@ def test_compute_report_counts_synthetic_violations() -> None:
 
     minimization = {
         "method": "boundary/car",
+        "attack": "boundary",
+        "variant": "car",
         "batch": 0,
         "eps": list(EPS_L2),
         "indices": idx,

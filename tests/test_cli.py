@@ -286,7 +286,7 @@ def test_list_works_offline(
 
 
 def test_bench_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    import car_attacks.benchmarks.rescaling as bench
+    import car_attacks.benchmarks.rescaling_timing as bench
 
     seen: list[list[str]] = []
 
@@ -327,7 +327,7 @@ def _records(out: Path) -> dict[str, Any]:
         f"{r['method']}|{r['batch']}|{r['eps']}": {
             k: v for k, v in r.items() if k not in ("time_s", "cpu_s")
         }
-        for r in RunStore(out).records()
+        for r in (stored.to_json() for stored in RunStore(out).records())
     }
 
 
@@ -388,7 +388,7 @@ def test_keyboard_interrupt(
     class Interrupted(runner._Executor):
         calls = 0
 
-        def __call__(self, unit: Any) -> dict[str, Any]:
+        def __call__(self, unit: Any) -> Any:
             Interrupted.calls += 1
             if Interrupted.calls == 3:
                 raise KeyboardInterrupt

@@ -23,12 +23,14 @@ from car_attacks.evaluation import (
     ConfigError,
     RunDirError,
     build_report,
+    check_references,
     config_hash,
     load_config,
     parse_config,
     run_experiment,
     shipped_configs,
 )
+from car_attacks.evaluation.records import AttackRecord, UnitRecord
 from car_attacks.evaluation.runner import _Executor
 from car_attacks.evaluation.storage import RunStore
 
@@ -210,8 +212,8 @@ def tiny_run(tiny: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Stored records keyed by unit, without wall times."""
     out = {}
-    for rec in RunStore(run_dir).records():
-        rec = {k: v for k, v in rec.items() if k not in ("time_s", "cpu_s")}
+    for stored in RunStore(run_dir).records():
+        rec = {k: v for k, v in stored.to_json().items() if k not in ("time_s", "cpu_s")}
         out[f"{rec['method']}|{rec['batch']}|{rec['eps']}"] = rec
     return out
 
@@ -223,8 +225,6 @@ def _err(raw: dict[str, Any], check: bool = True) -> str:
     with pytest.raises(ConfigError) as info:
         cfg = parse_config(raw)
         if check:
-            from car_attacks.evaluation import check_references
-
             check_references(cfg)
     return str(info.value)
 
@@ -368,7 +368,8 @@ def test_shipped_configs_validate() -> None:
     ):
         assert name in configs, sorted(configs)
     for name, path in configs.items():
-        cfg, _ = load_config(path)  # resolves every model, data set, class and parameter
+        cfg, _ = load_config(path)
+        check_references(cfg)  # resolves every model, data set, class and parameter
         assert cfg.name == name
     default, _ = load_config(configs["cifar10_resnet18"])
     assert default.model.name == "cifar10_resnet18" and default.data.name == "foolbox_cifar10"
@@ -419,12 +420,16 @@ def test_run_writes_results_and_report(tiny_run: Path) -> None:
             assert m["queries_per_sample_eps"] > 0
             assert m["time_s"] > 0
     # robust accuracy is computed from the stored per-sample results
-    recs = [r for r in RunStore(tiny_run).records() if r["method"] == "pgd_linf/car"]
-    eps1 = [r for r in recs if r["eps"] == [0.2]]
+    recs = [
+        r
+        for r in RunStore(tiny_run).records()
+        if isinstance(r, AttackRecord) and r.method == "pgd_linf/car"
+    ]
+    eps1 = [r for r in recs if r.eps == (0.2,)]
     robust = sum(
         c and not s
         for r in eps1
-        for c, s in zip([clean_correct[i] for i in r["indices"]], r["success"][0], strict=True)
+        for c, s in zip([clean_correct[i] for i in r.indices], r.success[0], strict=True)
     )
     assert attacks["pgd_linf"]["methods"][0]["robust_accuracy"][1] == pytest.approx(robust / 6)
     # CAR perturbations of the noise attack have exactly the nominal L2 norm; naive's are
@@ -449,10 +454,10 @@ def test_run_writes_results_and_report(tiny_run: Path) -> None:
 
 def test_stored_norms_are_those_of_the_clipped_perturbation(tiny_run: Path) -> None:
     for rec in RunStore(tiny_run).records():
-        if rec["method"] == "clean":
+        if not isinstance(rec, AttackRecord):
             continue
-        for j in range(len(rec["eps"])):
-            for l1, l2, linf in zip(rec["l1"][j], rec["l2"][j], rec["linf"][j], strict=True):
+        for j in range(len(rec.eps)):
+            for l1, l2, linf in zip(rec.l1[j], rec.l2[j], rec.linf[j], strict=True):
                 # norm inequalities of any vector in R^192
                 assert linf <= l2 + 1e-9 <= l1 + 2e-9
                 assert l1 <= math.sqrt(192) * l2 + 1e-6
@@ -460,11 +465,11 @@ def test_stored_norms_are_those_of_the_clipped_perturbation(tiny_run: Path) -> N
 
 def _count_units(
     calls: list[str],
-) -> Callable[[Any, Any], Callable[[Any], dict[str, Any]]]:
-    def factory(config: Any, methods: Any) -> Callable[[Any], dict[str, Any]]:
+) -> Callable[[Any, Any], Callable[[Any], UnitRecord]]:
+    def factory(config: Any, methods: Any) -> Callable[[Any], UnitRecord]:
         execute = _Executor(config, methods)
 
-        def run(unit: Any) -> dict[str, Any]:
+        def run(unit: Any) -> UnitRecord:
             calls.append(unit.key)
             return execute(unit)
 
@@ -554,10 +559,10 @@ def test_failed_units_are_recorded_and_retried(tiny: None, tmp_path: Path) -> No
     raw["data"] = {"name": "tiny_data", "n": 4, "batch_size": 4}
     cfg = parse_config(raw, default_name="tiny")
 
-    def flaky(config: Any, methods: Any) -> Callable[[Any], dict[str, Any]]:
+    def flaky(config: Any, methods: Any) -> Callable[[Any], UnitRecord]:
         execute = _Executor(config, methods)
 
-        def run(unit: Any) -> dict[str, Any]:
+        def run(unit: Any) -> UnitRecord:
             if unit.method == "noise_l2/bisection":
                 raise RuntimeError("boom\nsecond line")
             return execute(unit)
@@ -568,7 +573,7 @@ def test_failed_units_are_recorded_and_retried(tiny: None, tmp_path: Path) -> No
     assert summary.units_failed == 2 and summary.units_run == 5
     assert summary.failures[0].endswith("boom")
     errors = RunStore(tmp_path / "r").errors()
-    assert [e["method"] for e in errors] == ["noise_l2/bisection"] * 2
+    assert [e.method for e in errors] == ["noise_l2/bisection"] * 2
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(report["run"]["errors"]) == 2 and not report["run"]["complete"]
     summary = run_experiment(cfg, tmp_path / "r", progress=False)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
-from car_attacks.evaluation import parse_config, run_experiment
+from car_attacks.evaluation import RunSummary, parse_config, run_experiment
 from car_attacks.evaluation.distributed import Distributed, rank_device, shard
 from car_attacks.evaluation.storage import RunStore, unit_key
 
@@ -63,12 +64,28 @@ CONFIG: dict[str, Any] = {
 }
 
 
+THREADS = 1
+"""Torch threads per process in every run here: torchrun gives each rank one thread, and
+floating-point sums (convolutions, gradients) round differently with other thread counts."""
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(THREADS)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("WORLD_SIZE", None)
     return env
+
+
+def run_in_process(out: Path) -> RunSummary:
+    """:func:`run_experiment` of :data:`CONFIG` in this process with :data:`THREADS` threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return run_experiment(parse_config(CONFIG), out, progress=False, report=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_cmd(config: Path, out: Path) -> list[str]:
@@ -96,9 +113,7 @@ def results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Stored records by unit key, without timings."""
     out = {}
     for rec in RunStore(run_dir).records():
-        out[unit_key(rec["method"], rec["batch"], rec["eps"])] = {
-            k: v for k, v in rec.items() if k not in TIMING
-        }
+        out[rec.key] = {k: v for k, v in rec.to_json().items() if k not in TIMING}
     return out
 
 
@@ -123,7 +138,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(config_file: Path) -> dict[str, dict[str, Any]]:
     """One uninterrupted single-process run."""
     out = config_file.parent / "reference"
-    run_experiment(parse_config(CONFIG), out, progress=False, report=False)
+    run_in_process(out)
     return results(out)
 
 
@@ -257,7 +272,7 @@ def test_killed_sharded_run_resumes_in_one_process(
     _kill_after(cmd, out, lines=4)
     assert list((out / "results").glob("*.rank*.jsonl"))
     assert not (out / "report.json").exists()
-    summary = run_experiment(parse_config(CONFIG), out, progress=False, report=False)
+    summary = run_in_process(out)
     assert summary.units_skipped >= 4 and summary.units_failed == 0
     assert results(out) == reference
     assert set(stored_line_counts(out).values()) == {1}

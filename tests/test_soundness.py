@@ -3,24 +3,27 @@
 Every L2 attack (PGD, additive noise, Boundary Attack, HopSkipJump; each with car,
 bisection and naive rescaling) runs on 20 Fashion-MNIST test images with small
 budgets; no result may change the prediction closer than the sample's certified
-radius. The check itself is tested to flag violations: a deliberately inflated radius,
-an understated Lipschitz constant, and a model whose certificate is tight.
+radius. The 20 images are Debian's Fashion-MNIST when installed, else foolbox's shipped
+samples (the same images; the ``fashion_mnist`` fixture of ``conftest.py``). The check
+itself is tested to flag violations: a deliberately inflated radius, an understated
+Lipschitz constant, and a model whose certificate is tight.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 import pytest
 import torch
+from conftest import FashionMnist
 from torch import nn
 
 from car_attacks.lipschitz import lipschitz_bound
 from car_attacks.models import load_model, model_spec
 from car_attacks.soundness import (
     AttackSoundness,
+    SuiteBudget,
     attack_soundness,
     certified_radii,
     check_soundness,
@@ -33,13 +36,8 @@ from car_attacks.soundness import (
 MODEL = "fashion_mnist_bcop"
 N = 20
 EPSILONS = (0.25, 1.0, 3.0)
-BUDGET: dict[str, Any] = {
-    "pgd_steps": 10,
-    "noise_repeats": 5,
-    "boundary_steps": 100,
-    "hsj_steps": 4,
-}
-SUITE_NAMES = list(l2_attack_suite(**BUDGET))
+BUDGET = SuiteBudget(pgd_steps=10, noise_repeats=5, boundary_steps=100, hsj_steps=4)
+SUITE_NAMES = list(l2_attack_suite(budget=BUDGET))
 
 pytestmark = pytest.mark.skipif(
     not model_spec(MODEL).available()[0], reason=model_spec(MODEL).available()[1]
@@ -53,10 +51,8 @@ def bcop() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    from car_attacks.data import load_samples
-
-    return load_samples("fashion_mnist", n=N, split="test")
+def batch(fashion_mnist: FashionMnist) -> tuple[torch.Tensor, torch.Tensor]:
+    return fashion_mnist(N)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +65,7 @@ def results(
     bcop: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], radii: torch.Tensor
 ) -> dict[str, list[AttackSoundness]]:
     x, y = batch
-    suite = l2_attack_suite(seed=0, **BUDGET)
+    suite = l2_attack_suite(seed=0, budget=BUDGET)
     out: dict[str, list[AttackSoundness]] = {}
     for found in attack_soundness(bcop, x, y, suite, epsilons=EPSILONS, radii=radii):
         out.setdefault(found.name, []).append(found)
@@ -208,3 +204,22 @@ def test_invalid_inputs() -> None:
     assert math.isinf(
         soundness_details(model, x, torch.tensor([0]), x, torch.ones(1)).worst_ratio()
     )
+
+
+def test_module_paths_agree() -> None:
+    """``car_attacks.soundness`` re-exports the check (``car_attacks.lipschitz``) and the
+    suite (``car_attacks.evaluation.soundness_suite``)."""
+    import car_attacks.lipschitz as lipschitz
+    import car_attacks.soundness as soundness
+    from car_attacks.attacks.starting_points import nearest_other_class
+    from car_attacks.evaluation import soundness_suite
+
+    assert soundness.certified_radii is lipschitz.certified_radii
+    assert soundness.check_soundness is lipschitz.check_soundness
+    assert soundness.soundness_column is lipschitz.soundness_column
+    assert soundness.soundness_details is lipschitz.soundness_details
+    assert soundness.SoundnessResult is lipschitz.SoundnessResult
+    assert (soundness.RTOL, soundness.ATOL) == (lipschitz.RTOL, lipschitz.ATOL)
+    assert soundness.l2_attack_suite is soundness_suite.l2_attack_suite
+    assert soundness.attack_soundness is soundness_suite.attack_soundness
+    assert soundness.other_class_starting_points is nearest_other_class

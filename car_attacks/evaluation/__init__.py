@@ -7,6 +7,7 @@
 The command line front end is ``car-attacks run`` (:mod:`car_attacks.cli`).
 """
 
+from .catalog import check_references
 from .config import (
     NORMS,
     RESCALING_CHOICES,
@@ -17,11 +18,9 @@ from .config import (
     ModelConfig,
     PeerConfig,
     config_hash,
-    load_config,
     parse_config,
 )
-from .configs import DEFAULT_CONFIG, config_dir, resolve_config_path, shipped_configs
-from .registry import check_references
+from .config_yaml import load_config
 from .report import build_report, compute_report, expected_figures
 from .runner import (
     ExperimentError,
@@ -31,6 +30,7 @@ from .runner import (
     plan_units,
     run_experiment,
 )
+from .shipped_configs import DEFAULT_CONFIG, config_dir, resolve_config_path, shipped_configs
 from .storage import RunDirError, RunStore
 
 __all__ = [

@@ -33,9 +33,10 @@ A config file is a YAML mapping::
         params: {steps: 10}
 
 Errors are :class:`ConfigError` whose message starts with the key path
-(``attacks[2].parmas: unknown key ...``). Names of models, data sets and
-attack classes are checked by :func:`check_references` (it imports the
-registries); :func:`parse_config` only checks structure and types.
+(``attacks[2].parmas: unknown key ...``). :func:`parse_config` checks structure and
+types only; names of models, data sets and attack classes are checked by
+:func:`car_attacks.evaluation.catalog.check_references`. Reading YAML files and
+``--set`` overrides: :mod:`car_attacks.evaluation.config_yaml`.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..attacks import RESCALINGS
 
 __all__ = [
     "INIT_CHOICES",
@@ -63,19 +65,19 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PeerConfig",
-    "apply_overrides",
     "config_hash",
-    "load_config",
+    "default_id",
     "parse_config",
     "parse_eps",
 ]
 
 NORMS: dict[str, float] = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
-RESCALING_CHOICES: tuple[str, ...] = ("car", "bisection", "naive")
+RESCALING_CHOICES: tuple[str, ...] = RESCALINGS
+"""The rescaling variants a config may name (:data:`car_attacks.attacks.RESCALINGS`)."""
 PEER_LIBRARIES: tuple[str, ...] = ("foolbox", "autoattack")
 INIT_CHOICES: tuple[str, ...] = ("own", "batch_blend")
 """Starting points of minimization attacks: the attack's own initialisation, or
-``batch_blend`` (see :func:`car_attacks.evaluation.runner.batch_blend_starting_points`)."""
+``batch_blend`` (see :func:`car_attacks.attacks.starting_points.batch_blend_starting_points`)."""
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Largest ``seed``: torch and numpy generators take seeds below 2**32 everywhere.
 MAX_SEED = 2**32 - 1
@@ -112,13 +114,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
+    """One of our attacks, run with each of its rescaling variants."""
+
     id: str
     cls: str
+    """A class name of :data:`car_attacks.evaluation.catalog.CAR_ATTACK_CLASSES`."""
     norm: str
+    """``l1``, ``l2`` or ``linf``: the norm of ``eps``."""
     eps: tuple[float, ...]
+    """Increasing, each finite and > 0."""
     params: dict[str, Any] = field(default_factory=dict)
     rescalings: tuple[str, ...] = RESCALING_CHOICES
     init: str = "own"
+    """Starting points of a minimization attack: ``own`` or ``batch_blend``."""
 
     @property
     def p(self) -> float:
@@ -127,8 +135,11 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class PeerConfig:
+    """A library's attack, compared with one of our attacks on its eps grid."""
+
     id: str
     library: str
+    """``foolbox`` or ``autoattack``."""
     cls: str
     compare_with: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +147,8 @@ class PeerConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A whole experiment: model, data, attacks and peers (see the module docstring)."""
+
     name: str
     model: ModelConfig
     data: DataConfig
@@ -150,9 +163,6 @@ class ExperimentConfig:
             if a.id == attack_id:
                 return a
         raise KeyError(attack_id)
-
-    def peers_of(self, attack_id: str) -> list[PeerConfig]:
-        return [p for p in self.peers if p.compare_with == attack_id]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able, YAML-able), with the YAML key names (``class``)."""
@@ -238,6 +248,21 @@ def _int(value: Any, path: str, *, minimum: int | None = None, maximum: int | No
     return value
 
 
+def _identifier(value: Any, path: str, what: str = "ids") -> str:
+    """A name made of letters, digits, ``_ . -`` (ids of attacks and peers, the config's
+    name)."""
+    text = _str(value, path)
+    if not _ID_RE.match(text):
+        raise ConfigError(path, f"{what} may use letters, digits, _ . - only: {text!r}")
+    return str(text)
+
+
+def _nonempty_list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, f"expected a non-empty list, got {_type_name(value)} {value!r}")
+    return value
+
+
 def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"expected bool, got {_type_name(value)} {value!r}")
@@ -268,10 +293,8 @@ def parse_eps(value: Any, path: str) -> float:
 
 
 def _rescalings(value: Any, path: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(path, f"expected a non-empty list, got {_type_name(value)} {value!r}")
     out: list[str] = []
-    for i, v in enumerate(value):
+    for i, v in enumerate(_nonempty_list(value, path)):
         if v not in RESCALING_CHOICES:
             raise ConfigError(
                 f"{path}[{i}]",
@@ -314,7 +337,8 @@ def _check_plain(value: Any, path: str, budget: list[int], depth: int) -> None:
     raise ConfigError(path, f"unsupported value of type {_type_name(value)}")
 
 
-def _default_id(cls: str) -> str:
+def default_id(cls: str) -> str:
+    """The default id of an attack class name (and of a config file's stem)."""
     base = cls.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
     return re.sub(r"[^A-Za-z0-9_.-]", "_", base)
 
@@ -326,21 +350,13 @@ def _attack(value: Any, path: str, default_rescalings: tuple[str, ...]) -> Attac
     norm = _str(m["norm"], _join(path, "norm"))
     if norm not in NORMS:
         raise ConfigError(_join(path, "norm"), f"unknown norm {norm!r} (choose from l1, l2, linf)")
-    eps_raw = m["eps"]
-    if not isinstance(eps_raw, list) or not eps_raw:
-        raise ConfigError(
-            _join(path, "eps"), f"expected a non-empty list, got {_type_name(eps_raw)} {eps_raw!r}"
-        )
+    eps_raw = _nonempty_list(m["eps"], _join(path, "eps"))
     eps = tuple(parse_eps(v, f"{path}.eps[{i}]") for i, v in enumerate(eps_raw))
     if len(set(eps)) != len(eps):
         raise ConfigError(_join(path, "eps"), "duplicate eps values")
     if list(eps) != sorted(eps):
         raise ConfigError(_join(path, "eps"), "eps values must be increasing")
-    attack_id = _str(m.get("id", _default_id(cls)), _join(path, "id"))
-    if not _ID_RE.match(attack_id):
-        raise ConfigError(
-            _join(path, "id"), f"ids may use letters, digits, _ . - only: {attack_id!r}"
-        )
+    attack_id = _identifier(m.get("id", default_id(cls)), _join(path, "id"))
     rescalings = (
         _rescalings(m["rescalings"], _join(path, "rescalings"))
         if "rescalings" in m
@@ -372,11 +388,7 @@ def _peer(value: Any, path: str) -> PeerConfig:
             f"unknown peer library {library!r} (choose from {', '.join(PEER_LIBRARIES)})",
         )
     cls = _str(m["class"], _join(path, "class"))
-    peer_id = _str(m.get("id", f"{library}_{_default_id(cls)}"), _join(path, "id"))
-    if not _ID_RE.match(peer_id):
-        raise ConfigError(
-            _join(path, "id"), f"ids may use letters, digits, _ . - only: {peer_id!r}"
-        )
+    peer_id = _identifier(m.get("id", f"{library}_{default_id(cls)}"), _join(path, "id"))
     return PeerConfig(
         id=peer_id,
         library=library,
@@ -395,9 +407,7 @@ def parse_config(raw: Any, *, default_name: str = "experiment") -> ExperimentCon
         ("model", "data", "attacks"),
         ("name", "seed", "device", "rescalings", "peers"),
     )
-    name = _str(m.get("name", default_name), "name")
-    if not _ID_RE.match(name):
-        raise ConfigError("name", f"names may use letters, digits, _ . - only: {name!r}")
+    name = _identifier(m.get("name", default_name), "name", what="names")
 
     mm = _mapping(m["model"], "model")
     _check_keys(mm, "model", ("name",), ("weights",))
@@ -421,11 +431,7 @@ def parse_config(raw: Any, *, default_name: str = "experiment") -> ExperimentCon
     rescalings = (
         _rescalings(m["rescalings"], "rescalings") if "rescalings" in m else RESCALING_CHOICES
     )
-    attacks_raw = m["attacks"]
-    if not isinstance(attacks_raw, list) or not attacks_raw:
-        raise ConfigError(
-            "attacks", f"expected a non-empty list, got {_type_name(attacks_raw)} {attacks_raw!r}"
-        )
+    attacks_raw = _nonempty_list(m["attacks"], "attacks")
     attacks = tuple(_attack(a, f"attacks[{i}]", rescalings) for i, a in enumerate(attacks_raw))
     peers_raw = m.get("peers", [])
     if peers_raw is None:
@@ -470,116 +476,3 @@ def parse_config(raw: Any, *, default_name: str = "experiment") -> ExperimentCon
         seed=_int(m.get("seed", 0), "seed", minimum=0, maximum=MAX_SEED),
         device=device,
     )
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain data only, no Python tags) that refuses duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" may be overridden
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable: construct_mapping below reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
-    """``raw`` with ``KEY=VALUE`` overrides applied (the command line's ``--set``).
-
-    ``KEY`` is a dotted path (``model.name``, ``data.n``, ``attacks.0.params.steps``:
-    list items by index); ``VALUE`` is parsed as YAML (``0.5``, ``[car, naive]``,
-    ``null``). A path must lead through existing mappings and lists; its last key may
-    be new (the schema then checks it). Raises :class:`ConfigError` naming the override.
-    """
-    import copy
-
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, value_text = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ConfigError("--set", f"expected KEY=VALUE with a dotted KEY, got {item!r}")
-        try:
-            value = yaml.load(value_text, Loader=_StrictLoader)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}", f"invalid YAML value {value_text!r}: {exc}") from None
-        node: Any = out
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                if not (part.isdigit() and int(part) < len(node)):
-                    raise ConfigError(
-                        f"--set {key}", f"{where}: no item {part!r} (the list has {len(node)})"
-                    )
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                elif part not in node:
-                    raise ConfigError(f"--set {key}", f"{where}: no such key in the config")
-                else:
-                    node = node[part]
-            else:
-                raise ConfigError(
-                    f"--set {key}", f"{'.'.join(parts[:depth])} is a value, not a mapping or list"
-                )
-    return out
-
-
-def load_config(
-    path: str | Path, *, check: bool = True, overrides: Sequence[str] = ()
-) -> tuple[ExperimentConfig, str]:
-    """Read, parse and (with ``check``) resolve every name in a YAML config file.
-
-    ``overrides`` are ``KEY=VALUE`` strings (:func:`apply_overrides`). Returns the config
-    and the file's text (with the overrides appended as comments). Raises
-    :class:`ConfigError`.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("", f"config file not found: {p}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            "", f"{p}: not a UTF-8 text file (byte {exc.start}); a config is a YAML text file"
-        ) from None
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {p}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python tags
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError("", f"{p}: invalid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise ConfigError("", f"{p}: invalid YAML: nested too deeply") from None
-    if raw is None:
-        raise ConfigError("", f"{p}: the config file is empty")
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-        text = text.rstrip("\n") + "\n" + "".join(f"# --set {o}\n" for o in overrides)
-    config = parse_config(raw, default_name=_default_id(p.stem))
-    if check:
-        from .registry import check_references
-
-        check_references(config)
-    return config, text

@@ -1,17 +1,30 @@
-"""Adapters for peers that do not follow foolbox's call contract (AutoAttack's APGD)."""
+"""The adapter of a peer that does not follow foolbox's call contract (AutoAttack's APGD)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["APGD_NORMS", "APGDPeer"]
+from .methods import AttackTarget, MethodAdapter, MethodOutcome
+
+__all__ = ["APGD_NORMS", "APGD_PARAMS", "APGDPeer"]
 
 APGD_NORMS: dict[str, str] = {"l1": "L1", "l2": "L2", "linf": "Linf"}
+#: APGDAttack constructor arguments a config may set (the rest are set by the adapter).
+APGD_PARAMS: tuple[str, ...] = (
+    "n_iter",
+    "n_restarts",
+    "loss",
+    "eot_iter",
+    "rho",
+    "topk",
+    "use_largereps",
+)
 
 
-class APGDPeer:
+class APGDPeer(MethodAdapter):
     """AutoAttack's APGD (``pyautoattack.autopgd_base.APGDAttack``) for one norm.
 
     APGD works on inputs in [0, 1] and clips to [0, 1]; for a model with other bounds
@@ -32,14 +45,23 @@ class APGDPeer:
         return f"APGDPeer(norm={self.norm!r}, params={self.params!r})"
 
     def run(
+        self, target: AttackTarget, x: Tensor, y: Tensor, eps: tuple[float, ...], seed: int
+    ) -> MethodOutcome:
+        """APGD at each eps (counted queries); success is checked with the uncounted model."""
+        advs = [self.perturb(target.counted, target.bounds, x, y, e, seed) for e in eps]
+        with torch.no_grad():
+            success = [(target.model(adv).argmax(dim=1) != y).tolist() for adv in advs]
+        return MethodOutcome(clipped=advs, success=success)
+
+    def perturb(
         self,
         model: torch.nn.Module,
         bounds: tuple[float, float],
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
+        inputs: Tensor,
+        labels: Tensor,
         eps: float,
         seed: int,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         """Adversarial examples (clipped to ``bounds``) at ``eps``; non-fooled samples are
         returned unchanged, as APGD does."""
         from pyautoattack.autopgd_base import APGDAttack

@@ -6,13 +6,13 @@ unit of work in ``results/*.jsonl``: a :class:`CleanRecord` per batch (the model
 predictions, and for certified models the certified radii) or an :class:`AttackRecord`
 per method, batch and eps group (per eps and sample: success and the effective L1, L2,
 L-inf norms of ``clipped - x``). Failed units are :class:`ErrorRecord` lines in
-``errors/*.jsonl``. ``to_json`` gives the stored dict (the on-disk format, unchanged since
+``errors.jsonl``. ``to_json`` gives the stored dict (the on-disk format, unchanged since
 format 1) and ``from_json`` reads it back, so the keys live here and nowhere else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -53,14 +53,7 @@ class MethodRecord:
     library: str = "car_attacks"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "attack": self.attack,
-            "variant": self.variant,
-            "cls": self.cls,
-            "kind": self.kind,
-            "library": self.library,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MethodRecord:
@@ -257,7 +250,7 @@ def record_from_json(d: dict[str, Any]) -> UnitRecord:
 
 @dataclass(frozen=True)
 class ErrorRecord:
-    """A unit that raised; kept in ``errors/`` and retried by the next run."""
+    """A unit that raised; kept in ``errors.jsonl`` and retried by the next run."""
 
     key: str
     method: str
@@ -269,16 +262,7 @@ class ErrorRecord:
     rank: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "method": self.method,
-            "batch": self.batch,
-            "eps": list(self.eps),
-            "error": self.error,
-            "traceback": self.traceback,
-            "time": self.time,
-            "rank": self.rank,
-        }
+        return {**asdict(self), "eps": list(self.eps)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ErrorRecord:

@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .records import ErrorRecord, Manifest, UnitRecord, record_from_json, unit_key
+
 __all__ = [
     "FORMAT",
     "RunDirError",
@@ -65,38 +67,39 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def unit_key(method: str, batch: int, eps: list[float] | tuple[float, ...]) -> str:
-    """Identity of a unit of work: method, batch and the eps it covers."""
-    return f"{method}|{batch}|" + ",".join(repr(float(e)) for e in eps)
-
-
 def _safe_name(method: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "__", method)
 
 
-_RECORD_KEYS = ("method", "batch", "eps", "indices")
+def _json_line(record: dict[str, Any]) -> str:
+    """One stored line: compact JSON (NaN and inf allowed) and a newline."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
 
 
-def _scan(path: Path) -> tuple[list[dict[str, Any]], int, int]:
+def _parse_record(line: bytes) -> UnitRecord | None:
+    """The record of one stored line; ``None`` for a line that is not one."""
+    try:
+        data = json.loads(line)
+        return record_from_json(data) if isinstance(data, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _scan(path: Path) -> tuple[list[UnitRecord], int, int]:
     """``(records, end of the last good line, file size)`` of a results file.
 
     Only the last line may be bad (cut short by a kill: not JSON, or no newline);
     a bad line followed by others raises RunDirError."""
     data = path.read_bytes()
-    records: list[dict[str, Any]] = []
+    records: list[UnitRecord] = []
     pos = good_end = 0
     lineno = 0
     while pos < len(data):
         lineno += 1
         nl = data.find(b"\n", pos)
         end = len(data) if nl < 0 else nl
-        rec: Any = None
-        try:
-            rec = json.loads(data[pos:end])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
-        good = nl >= 0 and isinstance(rec, dict) and all(k in rec for k in _RECORD_KEYS)
-        if not good:
+        rec = _parse_record(data[pos:end]) if nl >= 0 else None
+        if rec is None:
             rest = data[end + 1 :] if nl >= 0 else b""
             if rest.strip(b"\x00 \n\r\t"):
                 raise RunDirError(
@@ -131,7 +134,7 @@ class RunStore:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self) -> Manifest:
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -142,10 +145,14 @@ class RunStore:
             raise RunDirError(f"cannot read {self.manifest_path}: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise RunDirError(f"{self.manifest_path} is not a {FORMAT} manifest")
-        return data
+        try:
+            return Manifest.from_json(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunDirError(f"cannot read {self.manifest_path}: {exc!r}") from None
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    def write_manifest(self, manifest: Manifest) -> None:
+        text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(self.manifest_path, text)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -171,16 +178,17 @@ class RunStore:
     def path_for(self, method: str) -> Path:
         return self.results_dir / f"{_safe_name(method)}{self._suffix}.jsonl"
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: UnitRecord) -> None:
         """Append one record to its method's file; fsync before returning."""
-        self._append(self.path_for(str(record["method"])), record)
+        self._append(self.path_for(record.method), record.to_json())
 
-    def append_error(self, record: dict[str, Any]) -> None:
-        self._append(self.errors_path, record)
+    def append_error(self, record: ErrorRecord) -> None:
+        """Append one error record to this store's errors file; fsync before returning."""
+        self._append(self.errors_path, record.to_json())
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
+        line = _json_line(record)
         with open(path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -205,29 +213,29 @@ class RunStore:
     def _result_files(self) -> list[Path]:
         return sorted(self.results_dir.glob("*.jsonl")) if self.results_dir.is_dir() else []
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[UnitRecord]:
         """Every complete result record; for a unit stored twice the last one wins.
 
         An incomplete last line (a kill during a write) is left out; any other damage
         raises RunDirError naming the file and line."""
-        by_key: dict[str, dict[str, Any]] = {}
+        by_key: dict[str, UnitRecord] = {}
         for path in self._result_files():
             for rec in _scan(path)[0]:
-                by_key[unit_key(rec["method"], rec["batch"], rec["eps"])] = rec
+                by_key[rec.key] = rec
         return list(by_key.values())
 
-    def errors(self) -> list[dict[str, Any]]:
-        """Every error record of the directory (all shards)."""
+    def errors(self) -> list[ErrorRecord]:
+        """Every error record of the directory (all shards); unreadable lines are skipped."""
         out = []
         for path in self._error_files():
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
                         rec = json.loads(line)
-                    except json.JSONDecodeError:
+                        if isinstance(rec, dict):
+                            out.append(ErrorRecord.from_json(rec))
+                    except (json.JSONDecodeError, TypeError, ValueError):
                         continue
-                    if isinstance(rec, dict):
-                        out.append(rec)
         return out
 
     def _error_files(self) -> list[Path]:
@@ -249,24 +257,21 @@ class RunStore:
         error_shards = sorted(self.dir.glob("errors.rank[0-9]*.jsonl"))
         if not shard_files and not error_shards:
             return 0
-        by_method: dict[str, list[dict[str, Any]]] = {}
+        by_method: dict[str, list[UnitRecord]] = {}
         for rec in self.records():
-            by_method.setdefault(str(rec["method"]), []).append(rec)
+            by_method.setdefault(rec.method, []).append(rec)
         last = len(order)
         for method, recs in by_method.items():
-            recs.sort(key=lambda r: order.get(unit_key(r["method"], r["batch"], r["eps"]), last))
-            text = "".join(
-                json.dumps(r, separators=(",", ":"), allow_nan=True) + "\n" for r in recs
-            )
+            recs.sort(key=lambda r: order.get(r.key, last))
+            text = "".join(_json_line(r.to_json()) for r in recs)
             atomic_write_text(self.results_dir / f"{_safe_name(method)}.jsonl", text)
         if error_shards:
-            text = "".join(
-                json.dumps(e, separators=(",", ":"), allow_nan=True) + "\n" for e in self.errors()
-            )
+            text = "".join(_json_line(e.to_json()) for e in self.errors())
             atomic_write_text(self.dir / "errors.jsonl", text)
         for path in shard_files + error_shards:
             path.unlink()
         return len(shard_files) + len(error_shards)
 
     def done_keys(self) -> set[str]:
-        return {unit_key(r["method"], r["batch"], r["eps"]) for r in self.records()}
+        """The keys of every stored unit."""
+        return {r.key for r in self.records()}

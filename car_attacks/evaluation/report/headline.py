@@ -1,0 +1,161 @@
+"""The report's prose: the headline findings and the notes on how to read the report."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .certified import lowest_empirical
+from .document import AttackSummary, Report
+from .formatting import NORM_NAME, eps_str, fmt, pct
+
+__all__ = ["HOW_TO_READ", "HOW_TO_READ_CERTIFIED", "headline"]
+
+HOW_TO_READ = (
+    "Each attack is run three ways that differ only in how perturbations are rescaled after "
+    "clipping to the valid input range: <b>car</b> (exact clipping-aware rescaling), "
+    "<b>bisection</b> (the iterative baseline, same target) and <b>naive</b> "
+    "(eps / ||delta||, what attack libraries do; clipping then shrinks the perturbation). "
+    "Peers (dashed lines) are other libraries' attacks on the same model, data and eps grid; "
+    "identical curves overlap (car is the thickest line, drawn below the others). "
+    "<b>Robust accuracy</b> is the share of samples that are classified correctly and not "
+    "fooled at that eps: lower means a stronger attack. The <b>perturbation size</b> plots show, "
+    "for fixed-eps attacks, the norm of the perturbation the model actually saw divided by the "
+    "nominal eps (1: the attack used its full budget; below 1: budget lost to clipping, as with "
+    "naive rescaling, or a point inside the ball, as when PGD stops at its first adversarial "
+    "iterate), and for minimization attacks (Boundary, HopSkipJump) the norm of the smallest "
+    "adversarial perturbation found (lower is better). <b>Runtime</b> is the wall time (and "
+    "process CPU time, less sensitive to other load on the machine) of the attack calls; "
+    "queries count images passed through the model."
+)
+"""The note at the top of every report (HTML; ``<b>`` marks emphasis)."""
+
+HOW_TO_READ_CERTIFIED = (
+    "This model is <b>certified</b>: its Lipschitz bound L turns each sample's logit margin "
+    "into a radius r = margin / (sqrt(2) L) within which no L2 perturbation can change its "
+    "prediction (r also bounds L1 perturbations, and r / sqrt(n) L∞ ones for n input "
+    "components). <b>Certified robust accuracy</b> (black stars) is the share of samples "
+    "classified correctly with r >= eps: no attack can push robust accuracy below it. The "
+    "shaded <b>gap</b> up to the strongest attack is what attacks leave unexplored. The "
+    "<b>certificate violations</b> column counts attack results that change the prediction "
+    "from inside the certified ball; it must be 0."
+)
+"""The second note of a certified model's report."""
+
+
+def _certificate_lines(report: Report) -> list[str]:
+    cert = report.certificate
+    if cert is None:
+        return []
+    lines = [
+        f"Certified model: Lipschitz bound {cert.lipschitz:.4g}, median certified L2 radius "
+        f"{fmt(cert.radius_median, '.3g')} (margin / (sqrt(2) L))."
+    ]
+    for a in report.attacks:
+        certified = a.certified_robust_accuracy or [None for _ in a.eps]
+        parts = [
+            f"eps {eps_str(e)}: {pct(certified[j])} / {pct(lowest_empirical(a, j)[0])}"
+            for j, e in enumerate(a.eps)
+        ]
+        lines.append(
+            f"{a.id} ({NORM_NAME[a.norm]}): certified / lowest empirical robust accuracy "
+            + ", ".join(parts)
+            + "."
+        )
+    if cert.violations:
+        lines.append(
+            f"SOUNDNESS VIOLATED: {cert.violations} of {cert.results_checked} attack "
+            "results change the prediction from inside the certified radius ("
+            + ", ".join(cert.violating_methods)
+            + "): the certificate or an attack's norm bookkeeping is wrong."
+        )
+    else:
+        lines.append(
+            f"Soundness: none of the {cert.results_checked} attack results checked changes "
+            "the prediction from inside its sample's certified radius."
+        )
+    return lines
+
+
+def _robust_line(a: AttackSummary) -> str:
+    j = len(a.eps) - 1
+    parts = [f"{m.label} {pct(m.robust_accuracy[j])}" for m in a.methods]
+    return (
+        f"{a.id} ({NORM_NAME[a.norm]}, eps={eps_str(a.eps[j])}): robust accuracy "
+        + ", ".join(parts)
+        + "."
+    )
+
+
+def _found_line(a: AttackSummary) -> str:
+    parts = [
+        f"{m.label} {fmt(None if m.found_norm is None else m.found_norm.median, '.3g')}"
+        for m in a.methods
+    ]
+    return (
+        f"{a.id}: median {NORM_NAME[a.norm]} norm of the adversarial perturbation "
+        "found: " + ", ".join(parts) + "."
+    )
+
+
+def _mean_of_present(vals: list[float | None]) -> float | None:
+    present = [v for v in vals if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _naive_shortfall_line(a: AttackSummary) -> str | None:
+    """How much of eps naive rescaling's perturbations keep after clipping, if visibly less."""
+    by = {m.variant: m for m in a.methods if not m.peer}
+    if "naive" not in by or a.kind != "fixed":
+        return None
+    naive = _mean_of_present(by["naive"].effective_ratio.mean)
+    if naive is None or naive >= 0.995:
+        return None
+    others = []
+    for v in ("car", "bisection"):
+        mean = _mean_of_present(by[v].effective_ratio.mean) if v in by else None
+        if mean is not None:
+            others.append(f"{v} {100 * mean:.1f}%")
+    return (
+        f"{a.id}: naive rescaling's perturbations reach on average "
+        f"{100 * naive:.1f}% of the nominal eps after clipping"
+        + (f" ({', '.join(others)})." if others else ".")
+    )
+
+
+def _time_line(report: Report) -> str | None:
+    totals: dict[str, float] = defaultdict(float)
+    for a in report.attacks:
+        for m in a.methods:
+            if not m.peer and m.time_s is not None:
+                totals[m.variant] += m.time_s
+    if not (totals.get("car") and totals.get("bisection")):
+        return None
+    return (
+        f"Total attack time: car {totals['car']:.1f} s, bisection {totals['bisection']:.1f} s"
+        + (f", naive {totals['naive']:.1f} s" if "naive" in totals else "")
+        + f" (bisection / car = {totals['bisection'] / totals['car']:.2f})."
+    )
+
+
+def headline(report: Report) -> list[str]:
+    """The summary lines at the top of the report."""
+    c = report.clean
+    lines = [
+        f"Clean accuracy of {report.config.model.name} on {c.evaluated} samples of "
+        f"{report.config.data.name}: {pct(c.accuracy)} ({c.correct}/{c.evaluated})."
+    ]
+    lines += _certificate_lines(report)
+    lines += [_robust_line(a) for a in report.attacks]
+    lines += [_found_line(a) for a in report.attacks if a.kind == "minimization"]
+    lines += [s for a in report.attacks if (s := _naive_shortfall_line(a)) is not None]
+    if (s := _time_line(report)) is not None:
+        lines.append(s)
+    run = report.run
+    if not run.complete:
+        lines.append(
+            f"INCOMPLETE RUN: {run.units_done} of {run.units_total} units done; "
+            "rerun `car-attacks run` with the same config and --out to finish."
+        )
+    if run.errors:
+        lines.append(f"{len(run.errors)} unit(s) failed; see 'Run' below.")
+    return lines

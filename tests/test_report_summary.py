@@ -1,0 +1,259 @@
+"""The report's numbers from typed records (no model runs): robust accuracy, success
+rate, effective ratios, norms found, incomplete and failed units, and the rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from car_attacks.evaluation import ExperimentConfig, parse_config
+from car_attacks.evaluation.records import (
+    AttackRecord,
+    CleanRecord,
+    ErrorRecord,
+    FoundPerturbation,
+    Manifest,
+    MethodRecord,
+    UnitRecord,
+)
+from car_attacks.evaluation.report.document import Report
+from car_attacks.evaluation.report.formatting import eps_str, fmt, pct
+from car_attacks.evaluation.report.render_markdown import render_markdown
+from car_attacks.evaluation.report.summary import SHORT_RATIO, summarize
+from car_attacks.evaluation.report.tables import report_tables
+
+EPS = (0.5, 1.0)
+IDX = [0, 1, 2, 3]
+
+
+def _config() -> ExperimentConfig:
+    return parse_config(
+        {
+            "name": "synthetic",
+            "model": {"name": "fashion_mnist_cnn"},
+            "data": {"name": "foolbox_fashion_mnist", "n": 4, "batch_size": 4},
+            "rescalings": ["car"],
+            "attacks": [
+                {"id": "pgd", "class": "L2ClippingAwarePGD", "norm": "l2", "eps": list(EPS)},
+                {
+                    "id": "boundary",
+                    "class": "ClippingAwareBoundaryAttack",
+                    "norm": "l2",
+                    "eps": list(EPS),
+                },
+            ],
+        }
+    )
+
+
+def _manifest(units_total: int) -> Manifest:
+    methods = [
+        MethodRecord(key="pgd/car", attack="pgd", variant="car", cls="c", kind="fixed"),
+        MethodRecord(
+            key="boundary/car", attack="boundary", variant="car", cls="b", kind="minimization"
+        ),
+    ]
+    return Manifest(
+        format="car-attacks-run/1",
+        config_name="synthetic",
+        config_hash="abc",
+        created="now",
+        units_total=units_total,
+        methods=methods,
+        environment={},
+        status="complete",
+    )
+
+
+def _attack(method: str, eps: float, success: list[bool], l2: list[float]) -> AttackRecord:
+    return AttackRecord(
+        method=method,
+        attack=method.split("/")[0],
+        variant="car",
+        batch=0,
+        eps=(eps,),
+        indices=IDX,
+        success=[success],
+        l1=[[2 * v for v in l2]],
+        l2=[l2],
+        linf=[[v / 2 for v in l2]],
+        queries=8,
+        time_s=1.0,
+        cpu_s=0.5,
+    )
+
+
+def _report(with_boundary: bool = True) -> Report:
+    # sample 3 is misclassified; sample 2 is not perturbed (the attack returned the input)
+    clean = CleanRecord(
+        batch=0,
+        indices=IDX,
+        labels=[0, 1, 2, 3],
+        pred=[0, 1, 2, 0],
+        correct=[True, True, True, False],
+        time_s=0.1,
+    )
+    records: list[UnitRecord] = [
+        clean,
+        _attack("pgd/car", 0.5, [True, False, False, False], [0.5, 0.49, 0.0, 0.5]),
+        _attack("pgd/car", 1.0, [True, True, False, False], [1.0, 1.0, 0.0, 1.0]),
+    ]
+    if with_boundary:
+        found = FoundPerturbation(
+            l1=[0.8, 2.4, 4.0, 9.0],
+            l2=[0.4, 1.2, 2.0, 9.0],
+            linf=[0.2, 0.6, 1.0, 9.0],
+            adversarial=[True, True, False, True],
+        )
+        records.append(
+            AttackRecord(
+                method="boundary/car",
+                attack="boundary",
+                variant="car",
+                batch=0,
+                eps=EPS,
+                indices=IDX,
+                success=[[True, False, False, False], [True, True, False, False]],
+                l1=[[1.0] * 4, [2.0] * 4],
+                l2=[[0.5] * 4, [1.0] * 4],
+                linf=[[0.25] * 4, [0.5] * 4],
+                queries=100,
+                time_s=2.0,
+                cpu_s=2.0,
+                found=found,
+            )
+        )
+    errors = [
+        ErrorRecord(
+            key=records[1].key,
+            method="pgd/car",
+            batch=0,
+            eps=(0.5,),
+            error="old",
+            traceback="",
+            time="t",
+        ),
+        ErrorRecord(
+            key="boundary/car|1|0.5,1.0",
+            method="boundary/car",
+            batch=1,
+            eps=EPS,
+            error="RuntimeError: boom",
+            traceback="",
+            time="t",
+        ),
+    ]
+    return summarize(_config(), _manifest(len(records)), records, errors, config_text="x: 1\n")
+
+
+def test_fixed_eps_numbers() -> None:
+    report = _report()
+    assert report.clean.correct == 3 and report.clean.evaluated == 4
+    assert report.clean.accuracy == 0.75
+    pgd = report.attacks[0].methods[0]
+    assert pgd.samples == [4, 4]
+    # robust: correct and not fooled, over all 4 samples
+    assert pgd.robust_accuracy == [0.5, 0.25]
+    # success rate: fooled among the 3 correctly classified
+    assert pgd.success_rate == [pytest.approx(1 / 3, abs=1e-6), pytest.approx(2 / 3, abs=1e-6)]
+    # ratios of the correct samples with a non-zero perturbation: 1.0 and 0.98 at eps 0.5
+    r = pgd.effective_ratio
+    assert r.min == [0.98, 1.0] and r.max == [1.0, 1.0]
+    assert r.mean == [0.99, 1.0] and r.median == [0.99, 1.0]
+    assert r.short_share == [0.5, 0.0] and 0.98 < SHORT_RATIO
+    # mean norms over the correct samples, zeros included
+    assert pgd.mean_effective_norm.l2 == [pytest.approx(0.33, abs=1e-6), pytest.approx(2 / 3)]
+    assert pgd.time_s == 2.0 and pgd.ms_per_sample_eps == 250.0
+    assert pgd.queries_per_sample_eps == 2.0
+    assert pgd.found_norm is None and pgd.certificate is None
+    assert pgd.distribution == [[0.98, 1.0], [1.0, 1.0]]
+
+
+def test_minimization_numbers() -> None:
+    boundary = _report().attacks[1]
+    assert boundary.kind == "minimization"
+    m = boundary.methods[0]
+    f = m.found_norm
+    assert f is not None
+    # correct samples 0, 1, 2; adversarials found for 0 and 1 (sample 3 is misclassified)
+    assert f.adversarial_share == pytest.approx(2 / 3, abs=1e-6)
+    assert (f.min, f.median, f.mean, f.max) == (0.4, 0.8, 0.8, 1.2)
+    assert m.distribution == [[0.4, 1.2]]
+
+
+def test_run_status_and_errors() -> None:
+    report = _report()
+    assert report.run.complete and report.run.units_done == 4
+    # an error of a unit that has a result since is not reported
+    assert [(e.key, e.error) for e in report.run.errors] == [
+        ("boundary/car|1|0.5,1.0", "RuntimeError: boom")
+    ]
+    partial = _report(with_boundary=False)
+    assert partial.run.units_total == 3 and partial.run.complete
+    assert partial.run.incomplete == [
+        "boundary/car eps=0.5: 0/4 samples",
+        "boundary/car eps=1: 0/4 samples",
+    ]
+    assert partial.attacks[1].methods[0].robust_accuracy == [None, None]
+    assert len(partial.run.errors) == 1
+    assert any("unit(s) failed" in line for line in partial.headline)
+
+
+def test_to_json_structure() -> None:
+    d = _report().to_json()
+    assert list(d) == [
+        "format",
+        "title",
+        "config_name",
+        "config_hash",
+        "model",
+        "data",
+        "seed",
+        "device",
+        "rescalings",
+        "clean",
+        "certificate",
+        "attacks",
+        "run",
+        "environment",
+        "config",
+        "config_yaml",
+        "figures",
+        "headline",
+    ]
+    m = d["attacks"][0]["methods"][0]
+    assert m["label"] == "car" and m["peer"] is False and m["class"] == "c"
+    assert "distribution" not in m
+    assert d["run"]["errors"] == [{"key": "boundary/car|1|0.5,1.0", "error": "RuntimeError: boom"}]
+    assert [f["id"] for f in d["figures"]] == [
+        "robust-pgd",
+        "norms-pgd",
+        "robust-boundary",
+        "norms-boundary",
+        "runtime",
+    ]
+
+
+def test_tables_and_markdown() -> None:
+    report = _report()
+    tables = report_tables(report)
+    assert set(tables) == {
+        "clean",
+        "robust-pgd",
+        "norms-pgd",
+        "robust-boundary",
+        "norms-boundary",
+        "runtime",
+        "environment",
+    }
+    assert tables["robust-pgd"].rows == [["car", "c", "50.0%", "25.0%"]]
+    assert tables["norms-boundary"].rows == [["car", "66.7%", "0.8", "0.8", "0.4", "1.2"]]
+    md = render_markdown(report, tables)
+    assert "| car | c | 50.0% | 25.0% |" in md
+    assert "![Robust accuracy vs eps: pgd](figures/robust-pgd.png)" in md
+
+
+def test_formatting() -> None:
+    assert eps_str(8 / 255) == "0.03137 (8/255)"
+    assert eps_str(0.5) == "0.5"
+    assert pct(None) == "n/a" and pct(0.125) == "12.5%"
+    assert fmt(None) == "n/a" and fmt(1.23456, ".2f") == "1.23" and fmt(3) == "3"
