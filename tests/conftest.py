@@ -1,17 +1,86 @@
-"""Test-suite path setup.
+"""Test-suite path setup and the fixtures for tests that need Debian packages.
 
 * ``tests/`` itself, so that the helper module ``tests/oracles.py`` is importable
   as ``oracles``.
 * The repository root, so that ``import car_attacks`` finds the source tree even
   when the editable install was made before ``car_attacks/__init__.py`` existed
   (it then resolves to an empty namespace package).
+* :func:`missing_system_package`: skip a test whose Debian package is not installed, or fail
+  it when :data:`REQUIRE_SYSTEM_PACKAGES` is set (``.ci/run`` sets it, so CI runs everything).
+* :func:`fashion_mnist`: the first ``n`` Fashion-MNIST test images, from Debian's
+  ``dataset-fashion-mnist`` when installed, else foolbox's 20 shipped samples (the same
+  first 20 images); more than those 20 without the package is a missing system package.
 """
+
+from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+import pytest
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
 for _path in (_ROOT, _HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+
+REQUIRE_SYSTEM_PACKAGES = "CAR_ATTACKS_REQUIRE_SYSTEM_PACKAGES"
+"""When this environment variable is non-empty, a missing Debian package fails its tests."""
+
+
+def _missing(reason: str, package: str) -> NoReturn:
+    message = f"{reason}: apt-get install -y {package}"
+    if os.environ.get(REQUIRE_SYSTEM_PACKAGES):
+        pytest.fail(f"{message} ({REQUIRE_SYSTEM_PACKAGES} is set: this test must run)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def missing_system_package() -> Callable[[str, str], NoReturn]:
+    """``missing(reason, package)``: skip the test because the Debian package ``package`` is
+    not installed (the message says why it is needed and how to install it); a failure when
+    ``CAR_ATTACKS_REQUIRE_SYSTEM_PACKAGES`` is set."""
+    return _missing
+
+
+class FashionMnist(Protocol):
+    """Loader of the first Fashion-MNIST test images (see :func:`fashion_mnist`)."""
+
+    def __call__(self, n: int, *, at_least: int | None = None) -> tuple[Tensor, Tensor]: ...
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> FashionMnist:
+    """``load(n, at_least=n)``: the first ``n`` Fashion-MNIST test images and labels.
+
+    Without Debian's ``dataset-fashion-mnist`` these are foolbox's shipped samples (the
+    first 20 test images), so at most 20; a test that needs more than that (``at_least``)
+    is skipped, or fails under ``CAR_ATTACKS_REQUIRE_SYSTEM_PACKAGES``.
+    """
+    from car_attacks.data import dataset_size, load_samples
+
+    try:
+        installed = dataset_size("fashion_mnist", "test") is not None
+    except FileNotFoundError:
+        installed = False
+    shipped = dataset_size("foolbox_fashion_mnist", "test") or 0
+
+    def load(n: int, *, at_least: int | None = None) -> tuple[Tensor, Tensor]:
+        if installed:
+            return load_samples("fashion_mnist", n=n, split="test")
+        needed = n if at_least is None else at_least
+        if needed > shipped:
+            _missing(
+                f"needs the first {needed} Fashion-MNIST test images, but Debian's copy is "
+                f"not installed and foolbox ships only {shipped}",
+                "dataset-fashion-mnist",
+            )
+        return load_samples("foolbox_fashion_mnist", n=min(n, shipped), split="test")
+
+    return load
