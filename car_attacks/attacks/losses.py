@@ -41,3 +41,12 @@ def cross_entropy_loss(model: Callable[[ep.Tensor], ep.Tensor], labels: ep.Tenso
         return ep.crossentropy(logits, labels).sum(), logits
 
     return loss_fn
+
+
+def class_margin(logits: ep.Tensor, labels: ep.Tensor) -> ep.Tensor:
+    """Per sample ``z_y - max_{j != y} z_j`` (N,): positive while the label still wins.
+
+    The numerator of the DLR loss (Croce & Hein, 2020) and the loss of FMN and DDN."""
+    label_logit = logits[range(len(labels)), labels]
+    others = ep.where(ep.onehot_like(logits, labels) > 0, -ep.inf, logits)
+    return label_logit - others.max(axis=-1)
