@@ -157,7 +157,11 @@ def test_quick_json_has_all_rows(quick_result: dict[str, Any]) -> None:
     assert env["torch_num_threads"] == 1
     for key in ("torch", "numpy", "eagerpy", "cpu_count", "platform"):
         assert key in env
-    assert len(quick_result["targets"]) == 3
+    assert "compile_seconds" in env
+    assert len(quick_result["targets"]) == 8
+    names = " ".join(t["name"] for t in quick_result["targets"])
+    for part in ("newton-api <= 1.1", "one-pass equivalents", "project_lp_ball_box"):
+        assert part in names
     assert all(t["summary"].split()[0] in ("PASS", "FAIL", "N/A") for t in quick_result["targets"])
 
 
@@ -174,6 +178,8 @@ def test_quick_errors_and_stats(quick_result: dict[str, Any]) -> None:
             assert r["bisection_rtol"] is not None
         if r["method"] == "naive" and r["p"] != "inf":
             assert r["max_rel_err"] > 1e-3  # clipping matters at the chosen eps
+        # the one-pass and projection references are timed alongside every case
+        assert r["one_pass_ms"] > 0 and r["project_ms"] > r["one_pass_ms"] / 100
         if r["method"] == "newton":
             assert r["ratio_vs_newton"] == pytest.approx(1.0)
             assert r["peak_extra_mem"] is not None and r["peak_extra_mem"] > 0

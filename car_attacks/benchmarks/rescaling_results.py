@@ -7,15 +7,21 @@ The JSON (:meth:`BenchResult.to_json`, written to ``bench_results/rescaling.json
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .rescaling_cases import BenchConfig, p_label
-from .rescaling_methods import PAPER
+from .rescaling_methods import NEWTON_API, PAPER
 
 TARGET_PAPER_SPEEDUP = 3.0
 TARGET_BISECTION_SPEEDUP = 10.0
 TARGET_NEWTON_MEMORY = 4.0
+TARGET_API_PAPER_SPEEDUP = 15.0
+TARGET_API_OVERHEAD = 1.10
+TARGET_NEWTON_PASSES = 12.0
+"""Newton at ImageNet size within this many one-pass equivalents."""
+TARGET_PROJECT_PASSES = 15.0
+"""``project_lp_ball_box`` (p = 1, 2) within this many one-pass equivalents."""
 
 
 @dataclass(kw_only=True)
@@ -40,6 +46,15 @@ class Row:
     fallback_samples: int | None = None
     peak_extra_bytes: int | None = None
     peak_extra_mem: float | None = None
+    one_pass_ms: float | None = None
+    """Median of the same case's one-pass reference ``clip(x + delta)``, timed alongside."""
+    project_ms: float | None = None
+    """Median of the same case's ``project_lp_ball_box``, timed alongside."""
+
+    @property
+    def passes(self) -> float | None:
+        """``median_ms`` in one-pass equivalents."""
+        return None if not self.one_pass_ms else self.median_ms / self.one_pass_ms
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +152,8 @@ class Environment:
     solvers_sha256: str | None
     """SHA-256 of :mod:`car_attacks.core.solvers`."""
     loadavg_1m_before: float | None
+    compile_seconds: dict[str, float] = field(default_factory=dict)
+    """First (compiling) call of each fused kernel, seconds (not in the timings)."""
 
 
 @dataclass(kw_only=True)
@@ -187,6 +204,60 @@ def _speedup_target(rows: list[Row], other: str, threshold: float, name: str) ->
     return TargetResult(name=name, threshold=threshold, values=values, higher_is_better=True)
 
 
+def _api_targets(rows: list[Row]) -> list[TargetResult]:
+    """The public API against the paper, bisection and the core solve; Newton and the
+    projection in one-pass equivalents."""
+    core = {_key(r): r for r in rows if r.method == "newton"}
+    api = [r for r in rows if r.method == NEWTON_API and _key(r) in core]
+    sort_or_paper = {_key(r): r for r in rows if r.method == (PAPER if r.p == "2" else "sort")}
+    bisection = {_key(r): r for r in rows if r.method == "bisection"}
+    proj = [r for r in core.values() if r.p in ("1", "2") and r.project_ms and r.one_pass_ms]
+
+    def speedup(others: dict[tuple[str, str, str, str], Row]) -> list[TargetValue]:
+        return [
+            _value(r, others[_key(r)].median_ms / r.median_ms) for r in api if _key(r) in others
+        ]
+
+    return [
+        TargetResult(
+            name=f"newton-api >= {TARGET_API_PAPER_SPEEDUP:g}x faster than the sort "
+            "(L2: the paper's)",
+            threshold=TARGET_API_PAPER_SPEEDUP,
+            values=speedup(sort_or_paper),
+            higher_is_better=True,
+        ),
+        TargetResult(
+            name=f"newton-api >= {TARGET_BISECTION_SPEEDUP:g}x faster than bisection",
+            threshold=TARGET_BISECTION_SPEEDUP,
+            values=speedup(bisection),
+            higher_is_better=True,
+        ),
+        TargetResult(
+            name=f"newton-api <= {TARGET_API_OVERHEAD:g} x the core newton solve",
+            threshold=TARGET_API_OVERHEAD,
+            values=[_value(r, r.median_ms / core[_key(r)].median_ms) for r in api],
+            higher_is_better=False,
+        ),
+        TargetResult(
+            name=f"newton within {TARGET_NEWTON_PASSES:g} one-pass equivalents (ImageNet)",
+            threshold=TARGET_NEWTON_PASSES,
+            values=[
+                _value(r, r.passes)
+                for r in core.values()
+                if r.size == "imagenet" and r.passes is not None
+            ],
+            higher_is_better=False,
+        ),
+        TargetResult(
+            name=f"project_lp_ball_box (p = 1, 2) within {TARGET_PROJECT_PASSES:g} one-pass "
+            "equivalents",
+            threshold=TARGET_PROJECT_PASSES,
+            values=[_value(r, r.project_ms / r.one_pass_ms) for r in proj],  # type: ignore[operator]
+            higher_is_better=False,
+        ),
+    ]
+
+
 def evaluate_targets(rows: list[Row]) -> list[TargetResult]:
     """The issue's targets: newton >= 3x paper-sort and >= 10x accuracy-matched bisection
     (L2, every size), newton peak extra memory <= 4 x-sizes (every p)."""
@@ -214,6 +285,7 @@ def evaluate_targets(rows: list[Row]) -> list[TargetResult]:
             values=mem_values,
             higher_is_better=False,
         ),
+        *_api_targets(rows),
     ]
 
 
@@ -231,6 +303,7 @@ def format_table(rows: Sequence[Row]) -> str:
         "method",
         "median ms",
         "x newton",
+        "passes",
         "max rel err",
         "steps",
         "peak mem (x)",
@@ -244,6 +317,7 @@ def format_table(rows: Sequence[Row]) -> str:
             r.method,
             _fmt(r.median_ms, ".2f"),
             _fmt(r.ratio_vs_newton, ".2f"),
+            _fmt(r.passes, ".1f"),
             _fmt(r.max_rel_err, ".1e"),
             "-" if r.steps is None else str(r.steps),
             _fmt(r.peak_extra_mem, ".2f"),
@@ -293,8 +367,15 @@ def report(result: BenchResult) -> str:
     lines = [format_table(result.rows), ""]
     lines.append(
         "steps: bisection steps / newton iterations; peak mem in units of x.nbytes"
-        " (torch: op outputs via dispatch mode; numpy: tracemalloc)"
+        " (torch: op outputs via dispatch mode; numpy: tracemalloc); passes: median over the"
+        " one-pass clip(x + delta) timed alongside"
     )
+    compiled = result.environment.compile_seconds
+    if compiled:
+        lines.append(
+            "compile (first call, not timed above): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(compiled.items()))
+        )
     rtols = _bisection_rtols_line(result)
     if rtols is not None:
         lines.append(rtols)

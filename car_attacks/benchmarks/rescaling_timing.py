@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from car_attacks.core import rescaling, solvers
+from car_attacks.core import fused, rescaling, solvers
 
 from .memory import measure_peak_bytes
 from .rescaling_cases import (
@@ -51,10 +51,13 @@ from .rescaling_cases import (
 )
 from .rescaling_methods import (
     ITERATIVE_METHODS,
+    ONE_PASS,
+    PROJECT,
     SOLVER_METHODS,
     match_bisection,
     method_call,
     methods_for,
+    reference_calls,
     solve,
 )
 from .rescaling_results import BenchResult, Environment, Row, evaluate_targets, fill_ratios, report
@@ -105,7 +108,10 @@ def _bench_case(
     if tick is not None:
         tick()
     fns = {m: method_call(case, m, rtol, max_steps) for m in methods}
-    times = time_calls(fns, config.repeats, config.warmup, tick, config.clock)
+    references = reference_calls(case)
+    times = time_calls(fns | references, config.repeats, config.warmup, tick, config.clock)
+    one_pass_ms = statistics.median(times[ONE_PASS])
+    project_ms = statistics.median(times[PROJECT])
     rows = []
     for method in methods:
         steps: int | None = None
@@ -141,6 +147,8 @@ def _bench_case(
                 fallback_samples=fallback,
                 peak_extra_bytes=peak,
                 peak_extra_mem=None if peak is None else peak / case.x_nbytes,
+                one_pass_ms=one_pass_ms,
+                project_ms=project_ms,
             )
         )
         if tick is not None:
@@ -170,6 +178,7 @@ def environment(load_before: float | None) -> Environment:
         rescaling_sha256=_source_sha256(rescaling.__file__),
         solvers_sha256=_source_sha256(solvers.__file__),
         loadavg_1m_before=load_before,
+        compile_seconds=fused.compile_seconds(),
     )
 
 

@@ -59,9 +59,11 @@ def project_lp_ball_box(
     (x0_, z_), restore = as_tensors(x0=x0, z=z)
     if parse_p(p) not in PROJECTION_NORMS:
         raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")
-    args = check_arguments(x0_, z_, eps, p, bounds, ("x0", "z"))
+    args = check_arguments(x0_, z_, eps, p, bounds, ("x0", "z"), difference=True)
     xc, zc, lo, hi, eps_ = args.x, args.other, args.lo, args.hi, args.eps
-    if args.p == 2 and needs_float64(zc - xc, eps_, lo, hi):
+    span = None if args.stats is None else args.stats.span
+    moved = zc - xc if span is None else zc  # with the span only its dtype is read
+    if args.p == 2 and needs_float64(moved, eps_, lo, hi, span=span):
         xc, zc, eps_ = xc.float64(), zc.float64(), eps_.float64()
         lo, hi = float64_bound(lo), float64_bound(hi)
     projected = project_unchecked(xc, zc, eps_, p=args.p, lo=lo, hi=hi)

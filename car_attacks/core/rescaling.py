@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal, ParamSpec
 
 import eagerpy as ep
 
+from . import fused
 from .solvers import (
     RescalingProblem,
     SolveInfo,
@@ -133,9 +135,13 @@ def clipping_aware_rescaling(
         x=args.x, delta=args.other, eps=args.eps, p=args.p, lo=args.lo, hi=args.hi
     )
     general_p = problem.p not in (1.0, 2.0, math.inf)
-    too_wide = problem.p in (1.0, 2.0) and needs_float64(args.other, args.eps, args.lo, args.hi)
+    too_wide = problem.p in (1.0, 2.0) and needs_float64(
+        args.other, args.eps, args.lo, args.hi, span=None if args.stats is None else args.stats.span
+    )
     if general_p or too_wide:
         problem = problem.float64()
+    elif args.stats is not None:  # the checks found max |delta|: the solve need not
+        problem = replace(problem, delta_max=ep.astensor(args.stats.span.largest))
     eta, _ = _solve(problem, method, bisection_rtol, bisection_max_steps)
     if general_p and method in ("newton", "sort"):
         eta = verified(problem, eta)
@@ -180,11 +186,14 @@ def reachable_norm_unchecked(
     return lp_norms(room, p, scaled=scaled)
 
 
-def needs_float64(delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> bool:
+def needs_float64(
+    delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound, *, span: fused.Span | None = None
+) -> bool:
     """Whether a p = 1 or 2 problem in float32 (``delta`` and ``eps`` of the compute dtype)
     is outside :data:`FLOAT32_RANGE`: its squares could lose coordinates or ``eps``, or the
     scales it passes through on the way (``t``, the breakpoints ``r_i / |delta_i|``, up to
-    ``width max|delta| / min|delta|``) could leave float32's normal range."""
+    ``width max|delta| / min|delta|``) could leave float32's normal range. ``span``: the
+    largest and smallest non-zero ``|delta_i|`` per sample, where the fused checks found them."""
     if dtype_name(delta) == "float64":
         return False
     if ep.logical_and(eps > 0, eps < 1 / FLOAT32_RANGE).any().item():
@@ -193,10 +202,12 @@ def needs_float64(delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> boo
     widest = width if isinstance(width, float) else float(width.max().item())
     if widest > FLOAT32_RANGE:
         return True
-    size = flatten_batch(delta).abs()
     # some non-zero |delta_i| below max |delta| / FLOAT32_RANGE (or, times widest, below
     # max |delta| / FLOAT32_RANGE^1.5), without dividing
     factor = max(1 / FLOAT32_RANGE, widest / FLOAT32_RANGE**1.5)
+    if span is not None:
+        return bool((span.smallest < span.largest * factor).any())
+    size = flatten_batch(delta).abs()
     below = size < size.max(axis=1, keepdims=True) * factor
     return bool(ep.logical_and(below, size > 0).any().item())
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import eagerpy as ep
 import numpy as np
 
+from . import fused
 from .tensors import (
     Bound,
     detached_bound,
@@ -63,6 +64,8 @@ class RescalingProblem:
     p: float
     lo: Bound
     hi: Bound
+    delta_max: ep.Tensor | None = None
+    """``max_i |delta_i|`` per sample ``(N,)``, where the input checks already found it."""
 
     def detached(self) -> RescalingProblem:
         """The same problem without autograd history."""
@@ -97,6 +100,10 @@ def solve_power(problem: RescalingProblem, method: str) -> tuple[ep.Tensor, Solv
     The segment is found on detached inputs; ``eta`` is then recomputed on it from the inputs
     themselves where a gradient may be taken. ``eta = inf`` where ``t`` overflows.
     """
+    if method == "newton" and problem.p in (1.0, 2.0):
+        fast = _fused_newton(problem)
+        if fast is not None:
+            return fast
     detached = _PowerProblem.build(problem.detached())
     fallback, unfinished = 0, None
     if method == "newton":
@@ -118,6 +125,51 @@ def solve_power(problem: RescalingProblem, method: str) -> tuple[ep.Tensor, Solv
         if unfinished is not None:  # the samples the sort solved
             eta = ep.where(unfinished[:, 0], detached.eta_from_saturation(t), eta)
     # t = (eta d_scale / r_scale)^p overflowed (for p = 1: eta itself): report eta = inf
+    return select(ep.isinf(t[:, 0]), math.inf, eta), info
+
+
+def _fusable_bounds(problem: RescalingProblem) -> tuple[float, float] | None:
+    """The float bounds where :func:`~car_attacks.core.fused.fusable` holds, else ``None``."""
+    lo, hi = problem.lo, problem.hi
+    if isinstance(lo, float) and isinstance(hi, float):
+        if fused.fusable(problem.x.raw, problem.delta.raw, lo, hi):
+            return lo, hi
+    return None
+
+
+def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | None:
+    """:func:`solve_power` by Newton with the fused kernels of :mod:`~car_attacks.core.fused`
+    (p = 1 or 2); ``None`` where they do not apply or a sample needs the sort fallback."""
+    bounds = _fusable_bounds(problem)
+    if bounds is None:
+        return None
+    (x, delta), (lo, hi) = (problem.x.raw, problem.delta.raw), bounds
+    run = fused.newton_power(
+        x,
+        delta,
+        problem.eps.raw,
+        p=problem.p,
+        lo=lo,
+        hi=hi,
+        max_iter=NEWTON_MAX_ITER,
+        delta_max=None if problem.delta_max is None else problem.delta_max.raw,
+    )
+    if not run.finished:
+        return None
+    t = ep.astensor(run.t)
+    info = SolveInfo(method="newton", iterations=run.iterations)
+    reachable = ep.astensor(run.reachable)
+    if needs_grad(problem.x, problem.delta, problem.eps, problem.lo, problem.hi):
+        eta = _PowerProblem.build(problem, reachable=reachable).eta_from_saturation(t)
+    else:
+        eta = _eta_from_t(
+            t,
+            ep.astensor(run.active_sum),
+            problem=problem,
+            target=ep.astensor(run.target),
+            scales=(1.0, ep.astensor(run.d_scale)),
+            reachable=reachable,
+        )
     return select(ep.isinf(t[:, 0]), math.inf, eta), info
 
 
@@ -201,15 +253,37 @@ class _PowerProblem:
         """``eta = t^(1/p) r_scale / d_scale``; the saturating scale where the target is
         unreachable, or positive with nothing left active (``S = 0``; a zero target is met
         by ``eta = 0`` even where rounding left every ``rp`` at 0)."""
-        t = ep.maximum(t, 0.0)
-        positive = t > 0
-        root = ep.where(positive, nonzero_or_one(t) ** (1.0 / self.problem.p), 0.0)
-        eta = (root * self.r_scale / self.d_scale)[:, 0]
-        stuck = ep.logical_and(active_sum <= 0, self.target > 0)
-        use_max = ep.logical_or(ep.logical_not(self.reachable), stuck)[:, 0]
-        if use_max.any().item():
-            eta = ep.where(use_max, saturating_eta(self.problem), eta)
-        return eta
+        return _eta_from_t(
+            t,
+            active_sum,
+            problem=self.problem,
+            target=self.target,
+            scales=(self.r_scale, self.d_scale),
+            reachable=self.reachable,
+        )
+
+
+def _eta_from_t(
+    t: ep.Tensor,
+    active_sum: ep.Tensor,
+    *,
+    problem: RescalingProblem,
+    target: ep.Tensor,
+    scales: tuple[ep.Tensor | float, ep.Tensor | float],
+    reachable: ep.Tensor,
+) -> ep.Tensor:
+    """:meth:`_PowerProblem.eta_from_t` given the target, ``(r_scale, d_scale)`` and
+    ``reachable``, all ``(N, 1)``."""
+    r_scale, d_scale = scales
+    t = ep.maximum(t, 0.0)
+    positive = t > 0
+    root = ep.where(positive, nonzero_or_one(t) ** (1.0 / problem.p), 0.0)
+    eta = (root * r_scale / d_scale)[:, 0]
+    stuck = ep.logical_and(active_sum <= 0, target > 0)
+    use_max = ep.logical_or(ep.logical_not(reachable), stuck)[:, 0]
+    if use_max.any().item():
+        eta = ep.where(use_max, saturating_eta(problem), eta)
+    return eta
 
 
 def _newton(
@@ -275,7 +349,14 @@ def naive_eta(problem: RescalingProblem) -> ep.Tensor:
 
 
 def linf_eta(problem: RescalingProblem) -> ep.Tensor:
-    """Exact L-inf scale: ``eta = e / max{|delta_i| : r_i >= e}``, ``e = min(eps, reachable)``."""
+    """Exact L-inf scale: ``eta = e / max{|delta_i| : r_i >= e}``, ``e = min(eps, reachable)``
+    (fused passes where :func:`~car_attacks.core.fused.fusable` and no gradient is taken)."""
+    bounds = _fusable_bounds(problem)
+    if bounds is not None and not needs_grad(
+        problem.x, problem.delta, problem.eps, problem.lo, problem.hi
+    ):
+        x, delta, eps = problem.x.raw, problem.delta.raw, problem.eps.raw
+        return ep.astensor(fused.linf_eta_fused(x, delta, eps, lo=bounds[0], hi=bounds[1]))
     room = problem.room()
     d = flatten_batch(problem.delta).abs()
     reach = (room * d.sign()).max(axis=1)

@@ -14,6 +14,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
+from . import fused
 from .tensors import (
     Bound,
     Bounds,
@@ -41,23 +42,63 @@ class CheckedArguments:
     eps: ep.Tensor
     """Per-sample targets, ``(N,)``."""
     p: float
+    stats: fused.InputStats | None = None
+    """What the fused pass over the inputs found, where it ran."""
 
 
 def check_arguments(
-    x: ep.Tensor, other: ep.Tensor, eps: Any, p: Any, bounds: Any, names: tuple[str, str]
+    x: ep.Tensor,
+    other: ep.Tensor,
+    eps: Any,
+    p: Any,
+    bounds: Any,
+    names: tuple[str, str],
+    *,
+    difference: bool = False,
 ) -> CheckedArguments:
     """Check ``p``, the batches ``x`` and ``other`` (named ``names``), the bounds, ``x`` inside
-    them, and ``eps``, in that order; return them in the compute dtype of ``x``."""
+    them, and ``eps``, in that order; return them in the compute dtype of ``x`` (with the span
+    of ``other``, or of ``other - x`` if ``difference``, where the fused checks ran)."""
     name_x, name_other = names
     p_ = parse_p(p)
-    check_batch(x, name_x)
-    check_batch(other, name_other)
-    check_same_shape(x, other, name_x, name_other)
+    stats = _fused_stats(x, other, bounds, difference)
+    if stats is None:  # the checks one by one, raising the first that fails
+        check_batch(x, name_x)
+        check_batch(other, name_other)
+        check_same_shape(x, other, name_x, name_other)
     xc = compute_dtype(x)
     oc = cast_like(compute_dtype(other), xc, name_other)
     lo, hi = as_bounds(bounds, xc)
-    check_in_bounds(xc, lo, hi, name_x)
-    return CheckedArguments(x=xc, other=oc, lo=lo, hi=hi, eps=as_eps(eps, xc), p=p_)
+    if stats is None:
+        check_in_bounds(xc, lo, hi, name_x)
+    return CheckedArguments(x=xc, other=oc, lo=lo, hi=hi, eps=as_eps(eps, xc), p=p_, stats=stats)
+
+
+def _fused_stats(
+    x: ep.Tensor, other: ep.Tensor, bounds: Any, difference: bool
+) -> fused.InputStats | None:
+    """The finiteness and in-bounds checks (and the spans :func:`needs_float64
+    <car_attacks.core.rescaling.needs_float64>` uses) in one fused pass, where it applies
+    (PyTorch float32/float64 batches of one shape, float bounds) and every value passes;
+    else ``None`` (the caller runs the checks one by one)."""
+    if not (isinstance(x, ep.PyTorchTensor) and isinstance(other, ep.PyTorchTensor)):
+        return None
+    try:
+        lo_raw, hi_raw = bounds
+    except (TypeError, ValueError):
+        return None
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in (lo_raw, hi_raw)):
+        return None
+    lo, hi = _as_float(lo_raw), _as_float(hi_raw)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and x.ndim >= 1):
+        return None
+    if tuple(x.shape) != tuple(other.shape) or x.shape[0] < 1:
+        return None
+    if not fused.fusable(x.raw, other.raw, lo, hi):
+        return None
+    tol = (hi - lo) * BOUNDS_TOLERANCE
+    stats = fused.input_stats(x.raw, other.raw, lo - tol, hi + tol, difference=difference)
+    return stats if stats.clean else None
 
 
 def parse_p(p: Any) -> float:
