@@ -377,6 +377,8 @@ def test_shipped_configs_validate() -> None:
     classes = {a.cls for a in default.attacks}
     assert {"L1ClippingAwarePGD", "L2ClippingAwarePGD", "LinfClippingAwarePGD"} <= classes
     assert sum("Noise" in c for c in classes) == 3
+    apgd = {"L1ClippingAwareAPGD", "L2ClippingAwareAPGD", "LinfClippingAwareAPGD"}
+    assert apgd | {"L2ClippingAwareFMN", "LinfClippingAwareFMN"} <= classes
     assert any("Boundary" in c or "HopSkipJump" in c for c in classes)
     assert all(a.rescalings == ("car", "bisection", "naive") for a in default.attacks)
     peers = {(p.library, p.cls) for p in default.peers}

@@ -108,6 +108,7 @@ def test_report_renders_in_chromium(chromium: str, report_dir: Path, tmp_path: P
     expected = {"clean", "runtime", "environment"} | {
         f"{kind}-{a['id']}" for a in report["attacks"] for kind in ("robust", "norms")
     }
+    expected |= {f"worst-case-{w['norm']}" for w in report["worst_case"]}
     assert set(dom.tables) == expected
     assert dom.rows > 20
     text = " ".join(dom.text)

@@ -219,6 +219,7 @@ def test_to_json_structure() -> None:
         "config_yaml",
         "figures",
         "headline",
+        "worst_case",
     ]
     m = d["attacks"][0]["methods"][0]
     assert m["label"] == "car" and m["peer"] is False and m["class"] == "c"
@@ -238,6 +239,7 @@ def test_tables_and_markdown() -> None:
     tables = report_tables(report)
     assert set(tables) == {
         "clean",
+        "worst-case-l2",
         "robust-pgd",
         "norms-pgd",
         "robust-boundary",

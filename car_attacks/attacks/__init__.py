@@ -5,8 +5,12 @@ Every class takes ``rescaling="car" | "bisection" | "naive"`` (see
 :mod:`car_attacks.attacks.base`; what differs per Lp norm is :mod:`car_attacks.attacks.norms`.
 """
 
+from .apgd import L1ClippingAwareAPGD, L2ClippingAwareAPGD, LinfClippingAwareAPGD
 from .base import RESCALINGS, Rescaling
 from .boundary import ClippingAwareBoundaryAttack
+from .ddn import L2ClippingAwareDDN
+from .ensemble import ClippingAwareAutoAttack
+from .fmn import ClippingAwareFMN, L1ClippingAwareFMN, L2ClippingAwareFMN, LinfClippingAwareFMN
 from .gradient import (
     ClippingAwareGradientAttack,
     L1ClippingAwareBasicIterativeAttack,
@@ -38,8 +42,17 @@ from .noise import (
 )
 
 __all__ = [
+    "L1ClippingAwareAPGD",
+    "L2ClippingAwareAPGD",
+    "LinfClippingAwareAPGD",
+    "ClippingAwareAutoAttack",
     "ClippingAwareBoundaryAttack",
     "ClippingAwareHopSkipJump",
+    "ClippingAwareFMN",
+    "L1ClippingAwareFMN",
+    "L2ClippingAwareFMN",
+    "LinfClippingAwareFMN",
+    "L2ClippingAwareDDN",
     "RESCALINGS",
     "ClippingAwareGradientAttack",
     "L1ClippingAwareBasicIterativeAttack",

@@ -24,6 +24,7 @@ from .. import attacks as ca
 from ..data import DatasetSpec, list_datasets
 from ..models import ModelSpec
 from ..models import model_spec as _model_spec
+from .adv_lib_peers import ADV_LIB_ATTACKS, AdvLibPeer
 from .config import NORMS, AttackConfig, ConfigError, ExperimentConfig, PeerConfig
 from .methods import FoolboxMethod, MethodAdapter, PreparedMethod
 from .peers import APGD_PARAMS, APGDPeer
@@ -49,8 +50,16 @@ __all__ = [
 CAR_ATTACK_CLASSES: dict[str, type[Attack]] = {
     cls.__name__: cls
     for cls in (
+        ca.ClippingAwareAutoAttack,
         ca.ClippingAwareBoundaryAttack,
+        ca.L1ClippingAwareAPGD,
+        ca.L2ClippingAwareAPGD,
+        ca.LinfClippingAwareAPGD,
         ca.ClippingAwareHopSkipJump,
+        ca.L1ClippingAwareFMN,
+        ca.L2ClippingAwareFMN,
+        ca.LinfClippingAwareFMN,
+        ca.L2ClippingAwareDDN,
         ca.L1ClippingAwareAdditiveGaussianNoiseAttack,
         ca.L1ClippingAwareAdditiveUniformNoiseAttack,
         ca.L1ClippingAwareBasicIterativeAttack,
@@ -195,6 +204,16 @@ def make_peer(peer: PeerConfig, compared: AttackConfig, *, path: str = "") -> Me
                     f"not an APGDAttack parameter a config may set ({', '.join(APGD_PARAMS)})",
                 )
         return APGDPeer(norm=compared.norm, params=dict(peer.params))
+    if peer.library == "adv_lib":
+        if peer.cls not in ADV_LIB_ATTACKS:
+            known = ", ".join(ADV_LIB_ATTACKS)
+            raise ConfigError(
+                f"{where}.class", f"unknown adv_lib peer {peer.cls!r}; known: {known}"
+            )
+        try:
+            return AdvLibPeer(attack=peer.cls, norm=compared.norm, params=dict(peer.params))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.params", str(exc)) from None
     if peer.library != "foolbox":
         raise ConfigError(f"{where}.class", f"unknown peer library {peer.library!r}")
     classes = foolbox_attack_classes()

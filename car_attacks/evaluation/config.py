@@ -74,7 +74,7 @@ __all__ = [
 NORMS: dict[str, float] = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
 RESCALING_CHOICES: tuple[str, ...] = RESCALINGS
 """The rescaling variants a config may name (:data:`car_attacks.attacks.RESCALINGS`)."""
-PEER_LIBRARIES: tuple[str, ...] = ("foolbox", "autoattack")
+PEER_LIBRARIES: tuple[str, ...] = ("foolbox", "autoattack", "adv_lib")
 INIT_CHOICES: tuple[str, ...] = ("own", "batch_blend")
 """Starting points of minimization attacks: the attack's own initialisation, or
 ``batch_blend`` (see :func:`car_attacks.attacks.starting_points.batch_blend_starting_points`)."""

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import AttackConfig, ExperimentConfig
+from .worst_case import WorstCase
 
 __all__ = [
     "REPORT_FORMAT",
@@ -312,6 +313,8 @@ class Report:
     run: RunStatus
     environment: dict[str, Any]
     headline: list[str] = field(default_factory=list)
+    worst_case: list[WorstCase] = field(default_factory=list)
+    """Per norm, the worst case over all attacks of that norm (:mod:`.worst_case`)."""
 
     @property
     def title(self) -> str:
@@ -348,4 +351,5 @@ class Report:
             "config_yaml": self.config_yaml,
             "figures": [f.to_json() for f in self.figures],
             "headline": self.headline,
+            "worst_case": [w.to_json() for w in self.worst_case],
         }

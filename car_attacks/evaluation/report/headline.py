@@ -7,6 +7,7 @@ from collections import defaultdict
 from .certified import lowest_empirical
 from .document import AttackSummary, Report
 from .formatting import NORM_NAME, eps_str, fmt, pct
+from .worst_case import WorstCase
 
 __all__ = ["HOW_TO_READ", "HOW_TO_READ_CERTIFIED", "headline"]
 
@@ -74,6 +75,18 @@ def _certificate_lines(report: Report) -> list[str]:
             "the prediction from inside its sample's certified radius."
         )
     return lines
+
+
+def _worst_case_line(w: WorstCase) -> str:
+    """The headline number of one norm: worst-case robust accuracy at its largest eps."""
+    j = len(w.eps) - 1
+    return (
+        f"Worst case over all {len(w.methods)} {NORM_NAME[w.norm]} methods "
+        f"({', '.join(w.attacks)}), eps={eps_str(w.eps[j])}: robust accuracy "
+        f"{pct(w.robust_accuracy[j])} (strongest single method {w.strongest_method[j] or 'n/a'}"
+        f" {pct(w.strongest_robust_accuracy[j])}); median smallest {NORM_NAME[w.norm]} "
+        f"norm that fools a sample {fmt(w.median_smallest_norm, '.3g')}."
+    )
 
 
 def _robust_line(a: AttackSummary) -> str:
@@ -144,6 +157,7 @@ def headline(report: Report) -> list[str]:
         f"Clean accuracy of {report.config.model.name} on {c.evaluated} samples of "
         f"{report.config.data.name}: {pct(c.accuracy)} ({c.correct}/{c.evaluated})."
     ]
+    lines += [_worst_case_line(w) for w in report.worst_case if w.eps]
     lines += _certificate_lines(report)
     lines += [_robust_line(a) for a in report.attacks]
     lines += [_found_line(a) for a in report.attacks if a.kind == "minimization"]

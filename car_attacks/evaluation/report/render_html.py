@@ -94,6 +94,12 @@ def render_html(report: Report, figures: dict[str, bytes], tables: dict[str, Tab
     )
     parts.append("<h2>Clean accuracy</h2>")
     parts.append(_table("clean", tables["clean"]))
+    if report.worst_case:
+        parts.append("<h2>Worst case over all attacks, per norm</h2>")
+        parts += [
+            _table(f"worst-case-{w.norm}", tables[f"worst-case-{w.norm}"])
+            for w in report.worst_case
+        ]
     parts.append("<h2>Robust accuracy and effective perturbation size per attack</h2>")
     for a in report.attacks:
         params = ", ".join(f"{k}={v}" for k, v in a.config.params.items()) or "defaults"

@@ -39,6 +39,9 @@ def render_markdown(report: Report, tables: dict[str, Table]) -> str:
     out += ["## Summary", ""]
     out += [f"- {line}" for line in report.headline]
     out += ["", "## Clean accuracy", "", _table(tables["clean"])]
+    worst = [_table(tables[f"worst-case-{w.norm}"]) for w in report.worst_case]
+    if worst:
+        out += ["## Worst case over all attacks, per norm", ""] + worst
     out += ["## Robust accuracy and effective perturbation size per attack", ""]
     figures = {f.id: f for f in report.figures}
     for a in report.attacks:

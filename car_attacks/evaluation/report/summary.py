@@ -16,6 +16,8 @@ Definitions
       forward saw during them, per sample and eps.
     * certified models: certified robust accuracy, the gap (empirical - certified) and
       the soundness counts, see :mod:`.certified`.
+    * worst case per norm: robust accuracy when a sample counts as robust only if no
+      method of any attack in that norm fooled it, see :mod:`.worst_case`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .document import (
 )
 from .headline import headline
 from .stats import finite, mean_or_none, quantile, share_or_none
+from .worst_case import worst_cases
 
 __all__ = ["SHORT_RATIO", "compute_report", "summarize"]
 
@@ -223,6 +226,7 @@ def summarize(
         attacks=attacks,
         run=_run_status(manifest, {r.key for r in records}, incomplete, errors),
         environment=manifest.environment,
+        worst_case=worst_cases(config, clean, methods),
     )
     return replace(report, headline=headline(report))
 

@@ -8,6 +8,7 @@ from .certified import lowest_empirical
 from .document import AttackSummary, Report
 from .formatting import NORM_NAME, eps_str, fmt, pct
 from .summary import SHORT_RATIO
+from .worst_case import WorstCase
 
 __all__ = ["Table", "report_tables"]
 
@@ -102,6 +103,30 @@ def _ratio_table(a: AttackSummary) -> Table:
     )
 
 
+def _method_name(key: str | None) -> str:
+    """``attack (variant)`` for our methods' keys ``attack/variant``; a peer's id as is."""
+    if key is None:
+        return "n/a"
+    attack, _, variant = key.partition("/")
+    return f"{attack} ({variant})" if variant else key
+
+
+def _worst_case_table(w: WorstCase) -> Table:
+    rows = [
+        [eps_str(e), pct(w.robust_accuracy[j]), _method_name(w.strongest_method[j])]
+        + [pct(w.strongest_robust_accuracy[j])]
+        for j, e in enumerate(w.eps)
+    ]
+    return Table(
+        caption=f"Worst case over all {NORM_NAME[w.norm]} attacks ({', '.join(w.attacks)}; "
+        f"{len(w.methods)} methods): a sample is robust only if no method fooled it within eps; "
+        f"median smallest norm {fmt(w.median_smallest_norm, '.4g')}, "
+        f"fooled {pct(w.fooled_share)} of the correctly classified samples",
+        header=["eps", "worst-case robust accuracy", "strongest single method", "its robust acc."],
+        rows=rows,
+    )
+
+
 def _runtime_table(report: Report) -> Table:
     rows = []
     for a in report.attacks:
@@ -163,9 +188,12 @@ def _environment_table(report: Report) -> Table:
 
 
 def report_tables(report: Report) -> dict[str, Table]:
-    """Every table of the report by name: ``clean``, per attack ``robust-ID``,
-    ``certified-ID`` (certified models) and ``norms-ID``, ``runtime``, ``environment``."""
+    """Every table of the report by name: ``clean``, per norm ``worst-case-NORM``, per
+    attack ``robust-ID``, ``certified-ID`` (certified models) and ``norms-ID``, ``runtime``,
+    ``environment``."""
     t = {"clean": _clean_table(report)}
+    for w in report.worst_case:
+        t[f"worst-case-{w.norm}"] = _worst_case_table(w)
     certified = report.certificate is not None
     for a in report.attacks:
         if certified:
