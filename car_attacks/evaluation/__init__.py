@@ -7,6 +7,7 @@
 The command line front end is ``car-attacks run`` (:mod:`car_attacks.cli`).
 """
 
+from .api import EvaluationReport, evaluate
 from .catalog import check_references
 from .config import (
     NORMS,
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ExperimentConfig",
+    "EvaluationReport",
     "ExperimentError",
     "ModelConfig",
     "PeerConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "compute_report",
     "config_dir",
     "config_hash",
+    "evaluate",
     "expected_figures",
     "load_config",
     "parse_config",

@@ -3,12 +3,22 @@ shipped configs, and whether each is usable offline here."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..data import list_datasets
-from ..models import TORCHVISION_PREFIX, list_models
+from ..models import (
+    ROBUSTBENCH_DIR_ENV,
+    ROBUSTBENCH_PREFIX,
+    TIMM_PREFIX,
+    TORCHVISION_PREFIX,
+    list_models,
+)
+from ..models.robustbench_models import EXTRA_HINT, default_model_dir
 from .catalog import (
     APGD_CLASS,
     CAR_ATTACK_CLASSES,
@@ -130,8 +140,47 @@ def _guard(fn: Callable[[], list[T]]) -> list[T] | Unavailable:
         return Unavailable(f"{type(exc).__name__}: {exc}")
 
 
+#: An ensemble member's checkpoint, ``<name>.pt_m<i>.pt``, in RobustBench's model folder.
+_ENSEMBLE_MEMBER = re.compile(r"\.pt_m\d+\.pt$")
+
+
+def robustbench_entries() -> list[ModelEntry]:
+    """``robustbench:<dataset>/<threat_model>/<name>``, and each checkpoint found in
+    RobustBench's model folder (``model_dir``) without importing robustbench."""
+    model_dir = Path(default_model_dir())
+    installed = find_spec("robustbench") is not None
+    missing = "" if installed else f"robustbench not installed; {EXTRA_HINT}"
+    names = sorted(
+        {
+            f"{p.parent.parent.name}/{p.parent.name}/{_ENSEMBLE_MEMBER.sub('.pt', p.name)[:-3]}"
+            for p in model_dir.glob("*/*/*.pt")
+        }
+    )
+    out = [
+        ModelEntry(
+            f"{ROBUSTBENCH_PREFIX}<dataset>/<threat_model>/<name>",
+            f"a RobustBench model-zoo classifier, loaded by RobustBench from model_dir "
+            f"{str(model_dir)!r} (${ROBUSTBENCH_DIR_ENV}); inputs in [0, 1]",
+            [0.0, 1.0],
+            installed and bool(names),
+            missing or ("" if names else f"no checkpoint in {model_dir}/<dataset>/<threat_model>/"),
+        )
+    ]
+    out += [
+        ModelEntry(
+            f"{ROBUSTBENCH_PREFIX}{name}",
+            f"RobustBench checkpoint in {model_dir}",
+            [0.0, 1.0],
+            installed,
+            missing,
+        )
+        for name in names
+    ]
+    return out
+
+
 def model_entries() -> list[ModelEntry]:
-    """The named models, and ``torchvision:<arch>``."""
+    """The named models, ``torchvision:<arch>``, RobustBench models and ``timm:<name>``."""
     out = [
         ModelEntry(spec.name, spec.description, list(spec.bounds), *_probe(spec.available))
         for spec in list_models()
@@ -144,6 +193,20 @@ def model_entries() -> list[ModelEntry]:
             [0.0, 1.0],
             False,
             "needs a download or a local weights file (model.weights)",
+        )
+    )
+    out += robustbench_entries()
+    timm_installed = find_spec("timm") is not None
+    out.append(
+        ModelEntry(
+            f"{TIMM_PREFIX}<name>",
+            "any timm classifier with model.weights: <local state-dict file>; the "
+            "normalisation of its pretrained config as a layer, inputs in [0, 1]",
+            [0.0, 1.0],
+            False,
+            "needs a local weights file (model.weights)"
+            if timm_installed
+            else "timm not installed: pip install timm",
         )
     )
     return out
