@@ -1,7 +1,8 @@
 """Names in a config -> things: the attack classes, peers, models and data sets it names.
 
 Our attacks are the explicit table :data:`CAR_ATTACK_CLASSES`; foolbox peers are the
-attack classes of :mod:`foolbox.attacks`; AutoAttack's APGD is :class:`~.peers.APGDPeer`.
+attack classes of :mod:`foolbox.attacks`; AutoAttack's APGD, APGD-T and the full AutoAttack
+are the adapters of :mod:`~.peers`; adv-lib's attacks those of :mod:`~.adv_lib_peers`.
 :func:`check_references` resolves every name of a config without loading weights or data
 and returns its methods, each attack built once.
 """
@@ -27,11 +28,12 @@ from ..models import model_spec as _model_spec
 from .adv_lib_peers import ADV_LIB_ATTACKS, AdvLibPeer
 from .config import NORMS, AttackConfig, ConfigError, ExperimentConfig, PeerConfig
 from .methods import FoolboxMethod, MethodAdapter, PreparedMethod
-from .peers import APGD_PARAMS, APGDPeer
+from .peers import APGD_PARAMS, APGDPeer, APGDTargetedPeer, AutoAttackPeer, UnitBoxPeer
 from .records import MethodRecord
 
 __all__ = [
     "APGD_CLASS",
+    "AUTOATTACK_PEER_CLASSES",
     "CAR_ATTACK_CLASSES",
     "attack_kind",
     "attack_norm",
@@ -87,6 +89,12 @@ CAR_ATTACK_CLASSES: dict[str, type[Attack]] = {
 #: The AutoAttack class a peer names (``library: autoattack``).
 APGD_CLASS = "APGDAttack"
 _APGD_ALIASES = (APGD_CLASS, "APGD")
+#: The other AutoAttack peers a config may name (``library: autoattack``), by class or alias.
+AUTOATTACK_PEER_CLASSES: dict[str, type[UnitBoxPeer]] = {
+    "APGDAttack_targeted": APGDTargetedPeer,
+    "APGD-T": APGDTargetedPeer,
+    "AutoAttack": AutoAttackPeer,
+}
 
 
 # --------------------------------------------------------------------------- attacks
@@ -188,14 +196,18 @@ def make_attack(
 
 
 def make_peer(peer: PeerConfig, compared: AttackConfig, *, path: str = "") -> MethodAdapter:
-    """A peer (a foolbox attack, or AutoAttack's APGD) in the norm of the attack it is
-    compared with; minimization peers share that attack's starting points. Raises
-    ConfigError."""
+    """A peer (a foolbox attack, AutoAttack's APGD / APGD-T / AutoAttack, or adv-lib's) in
+    the norm of the attack it is compared with; minimization peers share that attack's
+    starting points. Raises ConfigError."""
     where = path or f"peer {peer.id!r}"
+    if peer.library == "autoattack" and peer.cls in AUTOATTACK_PEER_CLASSES:
+        return _autoattack_peer(AUTOATTACK_PEER_CLASSES[peer.cls], peer, compared, where)
     if peer.library == "autoattack":
         if peer.cls not in _APGD_ALIASES:
             raise ConfigError(
-                f"{where}.class", f"unknown AutoAttack peer {peer.cls!r}; known: {APGD_CLASS}"
+                f"{where}.class",
+                f"unknown AutoAttack peer {peer.cls!r}; known: "
+                + ", ".join((APGD_CLASS, *AUTOATTACK_PEER_CLASSES)),
             )
         for key in peer.params:
             if key not in APGD_PARAMS:
@@ -230,6 +242,22 @@ def make_peer(peer: PeerConfig, compared: AttackConfig, *, path: str = "") -> Me
         path=f"{where}.class",
         batch_blend=compared.init != "own",
     )
+
+
+def _autoattack_peer(
+    cls: type[UnitBoxPeer], peer: PeerConfig, compared: AttackConfig, where: str
+) -> MethodAdapter:
+    """An AutoAttack peer of class ``cls``; each unknown param is named. Raises ConfigError."""
+    for key in peer.params:
+        if key not in cls.allowed_params:
+            raise ConfigError(
+                f"{where}.params.{key}",
+                f"not a {peer.cls} parameter a config may set ({', '.join(cls.allowed_params)})",
+            )
+    try:
+        return cls(norm=compared.norm, params=dict(peer.params))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.params", str(exc)) from None
 
 
 def prepare_methods(config: ExperimentConfig) -> list[PreparedMethod]:

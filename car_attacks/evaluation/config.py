@@ -27,8 +27,8 @@ A config file is a YAML mapping::
         init: own                   # minimization attacks: own | batch_blend starting points
     peers:
       - id: foolbox_pgd_linf        # optional
-        library: foolbox            # foolbox | autoattack
-        class: LinfProjectedGradientDescentAttack   # foolbox.attacks.<class> / APGDAttack
+        library: foolbox            # foolbox | autoattack | adv_lib
+        class: LinfProjectedGradientDescentAttack   # foolbox.attacks.<class>, APGDAttack, ...
         compare_with: pgd_linf      # the attack whose eps grid and plot it shares
         params: {steps: 10}
 

@@ -6,7 +6,8 @@ A :class:`MethodAdapter` attacks one batch at a group of eps and returns a
 per sample whether they are adversarial; minimization attacks also return the point they
 found before it is shrunk to each eps. :class:`FoolboxMethod` adapts any foolbox-style
 attack (ours and foolbox's, fixed-eps and minimization);
-:class:`~car_attacks.evaluation.peers.APGDPeer` adapts AutoAttack's APGD.
+:mod:`car_attacks.evaluation.peers` adapts AutoAttack's APGD, APGD-T and AutoAttack, and
+:mod:`car_attacks.evaluation.adv_lib_peers` adv-lib's attacks.
 """
 
 from __future__ import annotations
