@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from car_attacks.evaluation import load_config, resolve_config_path
+from car_attacks.evaluation.records import TIMING_KEYS
 from car_attacks.evaluation.storage import RunStore
 
 
 def _results(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {
-        r.key: {k: v for k, v in r.to_json().items() if k not in ("time_s", "cpu_s")}
+        r.key: {k: v for k, v in r.to_json().items() if k not in TIMING_KEYS}
         for r in RunStore(run_dir).records()
     }
 

@@ -322,10 +322,11 @@ def _stored_units(out: Path) -> int:
 
 def _records(out: Path) -> dict[str, Any]:
     from car_attacks.evaluation import RunStore
+    from car_attacks.evaluation.records import TIMING_KEYS
 
     return {
         f"{r['method']}|{r['batch']}|{r['eps']}": {
-            k: v for k, v in r.items() if k not in ("time_s", "cpu_s")
+            k: v for k, v in r.items() if k not in TIMING_KEYS
         }
         for r in (stored.to_json() for stored in RunStore(out).records())
     }

@@ -30,7 +30,7 @@ from car_attacks.evaluation import (
     run_experiment,
     shipped_configs,
 )
-from car_attacks.evaluation.records import AttackRecord, UnitRecord
+from car_attacks.evaluation.records import TIMING_KEYS, AttackRecord, UnitRecord
 from car_attacks.evaluation.runner import _Executor
 from car_attacks.evaluation.storage import RunStore
 
@@ -213,7 +213,7 @@ def _results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Stored records keyed by unit, without wall times."""
     out = {}
     for stored in RunStore(run_dir).records():
-        rec = {k: v for k, v in stored.to_json().items() if k not in ("time_s", "cpu_s")}
+        rec = {k: v for k, v in stored.to_json().items() if k not in TIMING_KEYS}
         out[f"{rec['method']}|{rec['batch']}|{rec['eps']}"] = rec
     return out
 
@@ -452,6 +452,33 @@ def test_run_writes_results_and_report(tiny_run: Path) -> None:
     md = (tiny_run / "report.md").read_text()
     assert "| pgd_linf/car" not in md  # labels, not keys, in the table rows
     assert "Robust accuracy, pgd_linf" in md and "| car |" in md
+
+
+def test_units_record_rescaling_and_model_time(tiny_run: Path) -> None:
+    """Per unit: rescaling time of our attacks inside the wall time (and > 0 for car), the
+    model's forward time for every method; peers record no rescaling time."""
+    recs = [r for r in RunStore(tiny_run).records() if isinstance(r, AttackRecord)]
+    ours = [r for r in recs if r.variant in ("car", "bisection", "naive")]
+    assert ours and all(r.rescaling_s is not None for r in ours)
+    for r in ours:
+        assert r.rescaling_s is not None and r.model_s is not None
+        assert 0.0 <= r.rescaling_s <= r.time_s
+        assert r.rescaling_s + r.model_s <= r.time_s
+    assert all(r.rescaling_s is not None and r.rescaling_s > 0 for r in ours if r.variant == "car")
+    peers = [r for r in recs if r.variant == "peer"]
+    assert peers and all(r.rescaling_s is None for r in peers)
+    assert all(r.model_s is not None and 0 < r.model_s <= r.time_s for r in recs)
+    report = json.loads((tiny_run / "report.json").read_text())
+    for a in report["attacks"]:
+        for m in a["methods"]:
+            assert m["model_forward_s"] > 0
+            if not m["peer"]:
+                assert 0 < m["rescaling_s"] <= m["time_s"]
+                assert m["other_s"] == pytest.approx(
+                    max(m["time_s"] - m["rescaling_s"] - m["model_forward_s"], 0.0), abs=2e-4
+                )
+    text = (tiny_run / "report.md").read_text()
+    assert "Rescaling/projection time: car " in text and "rescaling s" in text
 
 
 def test_stored_norms_are_those_of_the_clipped_perturbation(tiny_run: Path) -> None:

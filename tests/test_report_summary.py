@@ -3,6 +3,8 @@ rate, effective ratios, norms found, incomplete and failed units, and the render
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from car_attacks.evaluation import ExperimentConfig, parse_config
@@ -259,3 +261,89 @@ def test_formatting() -> None:
     assert eps_str(0.5) == "0.5"
     assert pct(None) == "n/a" and pct(0.125) == "12.5%"
     assert fmt(None) == "n/a" and fmt(1.23456, ".2f") == "1.23" and fmt(3) == "3"
+
+
+def _timed_report(untimed: str = "") -> Report:
+    """pgd with three variants that recorded their rescaling and model time, and a peer;
+    the ``untimed`` method's unit at eps 1.0 did not record its rescaling time."""
+    variants = {"car": (0.25, 1.0), "bisection": (0.9, 1.5), "naive": (0.05, 1.0)}
+    methods = [
+        MethodRecord(key=f"pgd/{v}", attack="pgd", variant=v, cls="c", kind="fixed")
+        for v in variants
+    ] + [MethodRecord(key="fb_pgd", attack="pgd", variant="peer", cls="f", kind="fixed")]
+    records: list[UnitRecord] = [
+        CleanRecord(
+            batch=0,
+            indices=IDX,
+            labels=[0, 1, 2, 3],
+            pred=[0, 1, 2, 3],
+            correct=[True] * 4,
+            time_s=0.1,
+        )
+    ]
+    for key, rescaling_s, time_s in [(f"pgd/{v}", *t) for v, t in variants.items()] + [
+        ("fb_pgd", None, 0.75)
+    ]:
+        for e in EPS:
+            rec = _attack(key, e, [False] * 4, [e] * 4)
+            variant = key.split("/")[1] if "/" in key else "peer"
+            records.append(
+                replace(
+                    rec,
+                    variant=variant,
+                    attack="pgd",
+                    time_s=time_s,
+                    rescaling_s=None if (key, e) == (untimed, 1.0) else rescaling_s,
+                    model_s=0.4,
+                )
+            )
+    manifest = replace(_manifest(len(records)), methods=methods)
+    return summarize(_config(), manifest, records, [])
+
+
+def test_runtime_splits_rescaling_and_model_time() -> None:
+    report = _timed_report()
+    by = {m.key: m for m in report.attacks[0].methods}
+    car, bis, naive, peer = by["pgd/car"], by["pgd/bisection"], by["pgd/naive"], by["fb_pgd"]
+    assert (car.time_s, car.rescaling_s, car.model_s, car.other_s) == (2.0, 0.5, 0.8, 0.7)
+    assert (bis.time_s, bis.rescaling_s, bis.other_s) == (3.0, 1.8, 0.4)
+    assert (naive.rescaling_s, naive.other_s) == (0.1, 1.1)
+    assert peer.rescaling_s is None and peer.model_s == 0.8 and peer.other_s is None
+    d = car.to_json()
+    assert (d["rescaling_s"], d["model_forward_s"], d["other_s"]) == (0.5, 0.8, 0.7)
+    assert d["time_s"] == 2.0 and d["cpu_s"] == 1.0  # the existing keys stay
+    table = report_tables(report)["runtime"]
+    assert table.header[2:6] == ["wall s", "rescaling s", "model forward s", "other s"]
+    rows = {r[1]: r for r in table.rows}
+    assert rows["car"][2:6] == ["2.00", "0.500", "0.80", "0.70"]
+    assert rows["bisection"][2:6] == ["3.00", "1.800", "0.80", "0.40"]
+    assert rows["fb_pgd"][2:6] == ["1.50", "n/a", "0.80", "n/a"]
+    assert (
+        "Rescaling/projection time: car 0.500 s, bisection 1.800 s, naive 0.100 s "
+        "(bisection / car = 3.60)." in report.headline
+    )
+    assert "Total attack time: car 2.0 s, bisection 3.0 s, naive 2.0 s" in " ".join(report.headline)
+    assert any(s.startswith("Model forward time") for s in report.headline)
+    md = render_markdown(report, report_tables(report))
+    assert "| pgd | car | 2.00 | 0.500 | 0.80 | 0.70 |" in md
+
+
+def test_old_records_without_timings_still_report() -> None:
+    rec = _attack("pgd/car", 0.5, [True] * 4, [0.5] * 4)
+    stored = rec.to_json()
+    assert "rescaling_s" not in stored and "model_s" not in stored
+    assert AttackRecord.from_json(stored) == rec
+    timed = replace(rec, rescaling_s=0.25, model_s=0.5)
+    assert AttackRecord.from_json(timed.to_json()) == timed
+    report = _report()  # records written before the timings existed
+    pgd = report.attacks[0].methods[0]
+    assert pgd.rescaling_s is None and pgd.model_s is None and pgd.other_s is None
+    assert pgd.to_json()["rescaling_s"] is None
+    assert report_tables(report)["runtime"].rows[0][2:6] == ["2.00", "n/a", "n/a", "n/a"]
+    assert not any("Rescaling" in s for s in report.headline)
+    # one unit without the field makes the method's sum unknown, not a partial sum, and
+    # leaves its variant out of the headline comparison
+    mixed = _timed_report(untimed="pgd/car")
+    assert [m.rescaling_s for m in mixed.attacks[0].methods] == [None, 1.8, 0.1, None]
+    assert mixed.attacks[0].methods[0].model_s == 0.8
+    assert not any("Rescaling" in s for s in mixed.headline)

@@ -26,9 +26,10 @@ import yaml
 
 from car_attacks.evaluation import RunSummary, parse_config, run_experiment
 from car_attacks.evaluation.distributed import Distributed, rank_device, shard
+from car_attacks.evaluation.records import TIMING_KEYS
 from car_attacks.evaluation.storage import RunStore, unit_key
 
-TIMING = ("time_s", "cpu_s")
+TIMING = TIMING_KEYS
 
 CONFIG: dict[str, Any] = {
     "name": "sharding_test",

@@ -16,6 +16,7 @@ from typing import Literal
 
 import eagerpy as ep
 
+from ..core.clock import rescaling_section
 from ..core.projection import project_unchecked
 from ..core.rescaling import solve_eta
 from ..core.tensors import Bounds, batch_view, clip_to_bounds, lp_norms
@@ -58,23 +59,29 @@ class RescaledSteps:
     def eta(self, x: ep.Tensor, direction: ep.Tensor, size: ep.Tensor) -> ep.Tensor:
         """Per-sample scale ``eta`` (N,) so that ``clip(x + eta*direction)`` moves ``x`` by
         ``size`` in the Lp norm (exactly for car, to ``BISECTION_RTOL`` for bisection,
-        nominally for naive)."""
+        nominally for naive); timed as rescaling work (:mod:`car_attacks.core.clock`)."""
         lo, hi = self.bounds
-        return solve_eta(x, direction, size, p=self.p, lo=lo, hi=hi, method=SOLVER[self.rescaling])
+        with rescaling_section(x):
+            return solve_eta(
+                x, direction, size, p=self.p, lo=lo, hi=hi, method=SOLVER[self.rescaling]
+            )
 
     def clipped_step(self, x: ep.Tensor, direction: ep.Tensor, size: ep.Tensor) -> ep.Tensor:
-        """``clip(x + eta*direction)`` with ``eta`` from :meth:`eta`."""
-        eta = self.eta(x, direction, size)
-        return clip_to_bounds(x + batch_view(eta, x.ndim) * direction, *self.bounds)
+        """``clip(x + eta*direction)`` with ``eta`` from :meth:`eta` (timed as rescaling work)."""
+        with rescaling_section(x):
+            eta = self.eta(x, direction, size)
+            return clip_to_bounds(x + batch_view(eta, x.ndim) * direction, *self.bounds)
 
     def project(self, x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
         """Onto ``{v : ||v - x0||_p <= eps} ∩ box``: exact for car and bisection (the L2 case
-        solves its scale with the chosen method), project-then-clip for naive."""
-        if self.rescaling == "naive":
-            return project_then_clip(x0, z, eps, p=self.p, bounds=self.bounds)
-        lo, hi = self.bounds
-        method = SOLVER[self.rescaling]
-        return project_unchecked(x0, z, eps, p=self.p, lo=lo, hi=hi, method=method)
+        solves its scale with the chosen method), project-then-clip for naive; timed as
+        rescaling work."""
+        with rescaling_section(x0):
+            if self.rescaling == "naive":
+                return project_then_clip(x0, z, eps, p=self.p, bounds=self.bounds)
+            lo, hi = self.bounds
+            method = SOLVER[self.rescaling]
+            return project_unchecked(x0, z, eps, p=self.p, lo=lo, hi=hi, method=method)
 
 
 def project_then_clip(

@@ -20,6 +20,8 @@ __all__ = [
     "AttackRecord",
     "Certificate",
     "CleanRecord",
+    "PEER",
+    "TIMING_KEYS",
     "ErrorRecord",
     "FoundPerturbation",
     "Manifest",
@@ -32,6 +34,13 @@ __all__ = [
 
 CLEAN = "clean"
 """The method key (and attack and variant) of the clean-accuracy units."""
+
+TIMING_KEYS = ("time_s", "cpu_s", "rescaling_s", "model_s")
+"""The stored keys of an :class:`AttackRecord` that are measured times (they differ between
+otherwise identical runs)."""
+
+PEER = "peer"
+"""The variant of a peer library's attack (ours are ``car``, ``bisection``, ``naive``)."""
 
 
 def unit_key(method: str, batch: int, eps: list[float] | tuple[float, ...]) -> str:
@@ -186,6 +195,12 @@ class AttackRecord:
     violation: list[list[bool]] | None = None
     """Certified models: per eps and sample, a result inside the certified ball that
     changes the prediction (must never be true)."""
+    rescaling_s: float | None = None
+    """Wall time of the attack's rescaling and projection work (our attacks; absent in
+    older run directories and for peers)."""
+    model_s: float | None = None
+    """Wall time of the model's forward passes during the attack (absent in older run
+    directories)."""
 
     @property
     def key(self) -> str:
@@ -213,6 +228,8 @@ class AttackRecord:
         )
         if self.violation is not None:
             out["violation"] = self.violation
+        timings = {"rescaling_s": self.rescaling_s, "model_s": self.model_s}
+        out.update({k: v for k, v in timings.items() if v is not None})
         return out
 
     @classmethod
@@ -234,7 +251,13 @@ class AttackRecord:
             cpu_s=float(d.get("cpu_s", 0.0)),
             found=None if found is None else FoundPerturbation.from_json(found),
             violation=None if d.get("violation") is None else d["violation"],
+            rescaling_s=_optional_float(d.get("rescaling_s")),
+            model_s=_optional_float(d.get("model_s")),
         )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 UnitRecord = CleanRecord | AttackRecord

@@ -13,7 +13,10 @@ What is stored per sample (see :mod:`car_attacks.evaluation.records`)
     L2, L-inf norms of ``clipped - x`` (the perturbation the model actually saw);
     minimization attacks also store the norms of the perturbation they found (before
     it is shrunk to each eps) and whether it is adversarial (checked with one extra,
-    uncounted forward pass). Per unit: wall time, process CPU time and model queries.
+    uncounted forward pass). Per unit: wall time, process CPU time, model queries, the
+    wall time of the model's forward passes (``model_s``; backward passes are not in it)
+    and, for our attacks, of their rescaling and projection work (``rescaling_s``,
+    :mod:`car_attacks.core.clock`).
 
 Queries
     Rows of input passed through the model's ``forward`` during the attack call
@@ -42,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.clock import Clock, rescaling_clock
 from ..lipschitz import certified_radius, prediction_margin, soundness_column
 from .catalog import check_references
 from .config import ExperimentConfig
@@ -51,6 +55,7 @@ from .methods import AttackTarget, PreparedMethod, batch_blend_starting_points
 from .planning import Unit, batch_slice, plan_methods, plan_units
 from .records import (
     CLEAN,
+    PEER,
     AttackRecord,
     Certificate,
     CleanRecord,
@@ -99,16 +104,24 @@ class RunSummary:
 
 
 class QueryCounter(torch.nn.Module):
-    """Wraps a model; counts the rows of input its ``forward`` sees."""
+    """Wraps a model; counts the rows of input its ``forward`` sees and times the forward
+    passes (``clock``; synchronised on CUDA)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
         self.count = 0
+        self.clock = Clock()
+
+    def reset(self) -> None:
+        """Start counting queries and forward time from zero."""
+        self.count = 0
+        self.clock = Clock()
 
     def forward(self, x: Tensor) -> Tensor:
         self.count += int(x.shape[0])
-        out: Tensor = self.model(x)
+        with self.clock.timing(x):
+            out: Tensor = self.model(x)
         return out
 
 
@@ -163,10 +176,11 @@ class _Executor:
             return self.clean(unit.batch, x, y, indices)
         seed = self.config.seed + unit.batch
         torch.manual_seed(seed)
-        self.counter.count = 0
+        self.counter.reset()
         t0 = time.perf_counter()
         c0 = time.process_time()
-        outcome = self.methods[unit.method].run(self.target, x, y, unit.eps, seed)
+        with rescaling_clock() as rescaling:
+            outcome = self.methods[unit.method].run(self.target, x, y, unit.eps, seed)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
         queries = self.counter.count
@@ -200,6 +214,8 @@ class _Executor:
             cpu_s=cpu,
             found=found,
             violation=violation,
+            rescaling_s=None if unit.variant == PEER else rescaling.seconds,
+            model_s=self.counter.clock.seconds,
         )
 
     def clean(self, batch: int, x: Tensor, y: Tensor, indices: list[int]) -> CleanRecord:

@@ -41,9 +41,18 @@ class MethodSamples:
     queries: float = 0.0
     sample_eps: int = 0
     """(sample, eps) pairs that the time and queries cover."""
+    units: int = 0
+    rescaling_s: float | None = None
+    model_s: float | None = None
+    """Sums over the units; ``None`` unless every unit recorded them (older run
+    directories and peers do not record ``rescaling_s``)."""
 
     def add(self, rec: AttackRecord, eps_grid: tuple[float, ...]) -> None:
         """Take in one unit's results."""
+        first = self.units == 0
+        self.units += 1
+        self.rescaling_s = _sum_if_known(self.rescaling_s, rec.rescaling_s, first)
+        self.model_s = _sum_if_known(self.model_s, rec.model_s, first)
         self.time_s += rec.time_s
         self.cpu_s += rec.cpu_s
         self.queries += rec.queries
@@ -69,6 +78,13 @@ class MethodSamples:
                 )
                 if rec.violation is not None:
                     self.violations[pos][i] = bool(rec.violation[j][k])
+
+
+def _sum_if_known(total: float | None, value: float | None, first: bool) -> float | None:
+    """``total + value``, or ``value`` for the first unit; ``None`` once a unit lacks it."""
+    if value is None or (total is None and not first):
+        return None
+    return value if total is None else total + value
 
 
 @dataclass(kw_only=True)

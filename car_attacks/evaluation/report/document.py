@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import AttackConfig, ExperimentConfig
+from ..records import PEER
 from .worst_case import WorstCase
 
 __all__ = [
@@ -119,17 +120,29 @@ class MethodSummary:
     ms_per_sample_eps: float | None
     queries_per_sample_eps: float | None
     certificate: SoundnessCounts | None
+    rescaling_s: float | None = None
+    """Wall time of the rescaling and projection work inside ``time_s`` (our attacks, runs
+    that recorded it)."""
+    model_s: float | None = None
+    """Wall time of the model's forward passes inside ``time_s`` (runs that recorded it)."""
     distribution: list[list[float]] = field(default_factory=list, compare=False)
     """For the plots, not stored: per eps the sorted ratios (fixed-eps attacks), or one
     list of the norms found (minimization attacks)."""
 
     @property
     def peer(self) -> bool:
-        return self.variant == "peer"
+        return self.variant == PEER
 
     @property
     def label(self) -> str:
         return self.key if self.peer else self.variant
+
+    @property
+    def other_s(self) -> float | None:
+        """``time_s - rescaling_s - model_s``: backward passes and the attack's own work."""
+        if self.time_s is None or self.rescaling_s is None or self.model_s is None:
+            return None
+        return round(max(self.time_s - self.rescaling_s - self.model_s, 0.0), 4)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +164,9 @@ class MethodSummary:
             "ms_per_sample_eps": self.ms_per_sample_eps,
             "queries_per_sample_eps": self.queries_per_sample_eps,
             "certificate": None if self.certificate is None else self.certificate.to_json(),
+            "rescaling_s": self.rescaling_s,
+            "model_forward_s": self.model_s,
+            "other_s": self.other_s,
         }
 
 

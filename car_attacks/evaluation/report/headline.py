@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from .certified import lowest_empirical
-from .document import AttackSummary, Report
+from .document import AttackSummary, MethodSummary, Report
 from .formatting import NORM_NAME, eps_str, fmt, pct
 from .worst_case import WorstCase
 
@@ -26,7 +27,9 @@ HOW_TO_READ = (
     "iterate), and for minimization attacks (Boundary, HopSkipJump) the norm of the smallest "
     "adversarial perturbation found (lower is better). <b>Runtime</b> is the wall time (and "
     "process CPU time, less sensitive to other load on the machine) of the attack calls; "
-    "queries count images passed through the model."
+    "queries count images passed through the model. The runtime table splits the wall time into "
+    "the <b>rescaling/projection</b> work (what car, bisection and naive do differently), the "
+    "model's forward passes and the rest (backward passes, the attack's own arithmetic)."
 )
 """The note at the top of every report (HTML; ``<b>`` marks emphasis)."""
 
@@ -135,19 +138,54 @@ def _naive_shortfall_line(a: AttackSummary) -> str | None:
     )
 
 
-def _time_line(report: Report) -> str | None:
+def _variant_totals(
+    report: Report, seconds: Callable[[MethodSummary], float | None]
+) -> dict[str, float]:
+    """Per rescaling variant, ``seconds`` summed over its methods; a variant where some
+    method has no value (not recorded) is left out."""
     totals: dict[str, float] = defaultdict(float)
+    missing: set[str] = set()
     for a in report.attacks:
         for m in a.methods:
-            if not m.peer and m.time_s is not None:
-                totals[m.variant] += m.time_s
-    if not (totals.get("car") and totals.get("bisection")):
+            if m.peer:
+                continue
+            v = seconds(m)
+            if v is None:
+                missing.add(m.variant)
+            else:
+                totals[m.variant] += v
+    return {k: v for k, v in totals.items() if k not in missing}
+
+
+def _variants_line(title: str, totals: dict[str, float], digits: int) -> str | None:
+    """``title: car X s, bisection Y s, naive Z s (bisection / car = r).``"""
+    if not (totals.get("car") and "bisection" in totals):
         return None
     return (
-        f"Total attack time: car {totals['car']:.1f} s, bisection {totals['bisection']:.1f} s"
-        + (f", naive {totals['naive']:.1f} s" if "naive" in totals else "")
+        f"{title}: car {totals['car']:.{digits}f} s, bisection {totals['bisection']:.{digits}f} s"
+        + (f", naive {totals['naive']:.{digits}f} s" if "naive" in totals else "")
         + f" (bisection / car = {totals['bisection'] / totals['car']:.2f})."
     )
+
+
+def _time_lines(report: Report) -> list[str]:
+    """Total attack time per variant, and the part of it spent rescaling and projecting
+    (the comparison of the methods themselves, without the model's time)."""
+    lines = [
+        _variants_line("Total attack time", _variant_totals(report, lambda m: m.time_s), 1),
+        _variants_line(
+            "Rescaling/projection time", _variant_totals(report, lambda m: m.rescaling_s), 3
+        ),
+    ]
+    forward = _variant_totals(report, lambda m: m.model_s)
+    if lines[1] is not None and forward:
+        lines.append(
+            "Model forward time (the rest of the attack time is backward passes and the "
+            "attacks' own arithmetic): "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in forward.items())
+            + "."
+        )
+    return [line for line in lines if line is not None]
 
 
 def headline(report: Report) -> list[str]:
@@ -162,8 +200,7 @@ def headline(report: Report) -> list[str]:
     lines += [_robust_line(a) for a in report.attacks]
     lines += [_found_line(a) for a in report.attacks if a.kind == "minimization"]
     lines += [s for a in report.attacks if (s := _naive_shortfall_line(a)) is not None]
-    if (s := _time_line(report)) is not None:
-        lines.append(s)
+    lines += _time_lines(report)
     run = report.run
     if not run.complete:
         lines.append(

@@ -12,8 +12,10 @@ Definitions
       below 1 where CAR gives exactly 1 (fixed-eps noise attacks); PGD may legitimately
       stop inside the ball; minimization attacks report the smallest perturbation they
       found (<= eps).
-    * runtime: wall time of the attack calls; queries: rows of input the model's
-      forward saw during them, per sample and eps.
+    * runtime: wall time of the attack calls, split into the rescaling/projection work
+      (our attacks), the model's forward passes and the rest (backward passes and the
+      attack's own arithmetic); queries: rows of input the model's forward saw during
+      them, per sample and eps.
     * certified models: certified robust accuracy, the gap (empirical - certified) and
       the soundness counts, see :mod:`.certified`.
     * worst case per norm: robust accuracy when a sample counts as robust only if no
@@ -168,6 +170,8 @@ def _method_summary(
         ms_per_sample_eps=finite(1e3 * md.time_s / se, 3) if se else None,
         queries_per_sample_eps=finite(md.queries / se, 2) if se else None,
         certificate=None if certified is None else _soundness(md, robust, certified),
+        rescaling_s=finite(md.rescaling_s, 4),
+        model_s=finite(md.model_s, 4),
         distribution=(
             [_found_norms(md, clean.correct, a.norm)] if minimization else [c.ratios for c in cols]
         ),

@@ -142,6 +142,9 @@ def _runtime_table(report: Report) -> Table:
                     a.id,
                     m.label,
                     fmt(m.time_s, ".2f"),
+                    fmt(m.rescaling_s, ".3f"),
+                    fmt(m.model_s, ".2f"),
+                    fmt(m.other_s, ".2f"),
                     fmt(m.cpu_s, ".2f"),
                     fmt(m.ms_per_sample_eps, ".1f"),
                     fmt(m.queries_per_sample_eps, ".1f"),
@@ -149,11 +152,16 @@ def _runtime_table(report: Report) -> Table:
                 ]
             )
     return Table(
-        caption="Runtime per attack and variant",
+        caption="Runtime per attack and variant (wall s = rescaling/projection + model forward "
+        "+ other: backward passes and the attack's own arithmetic; n/a: not recorded, as for "
+        "peers' rescaling and older runs)",
         header=[
             "attack",
             "method",
             "wall s",
+            "rescaling s",
+            "model forward s",
+            "other s",
             "CPU s",
             "ms / sample / eps",
             "queries / sample / eps",
