@@ -11,8 +11,8 @@ point is in the set, but it is not the closest one (and for L1 the common
   clipping-aware rescaling equation.
 * L1: a box-aware soft threshold ``v_i = x0_i + sign(w_i) min((|w_i| - lam)_+, r_i)``,
   ``w = z - x0``, ``r_i`` the room to the box along ``w_i``, with ``lam >= 0`` chosen
-  so that the L1 norm is ``eps`` (a continuous quadratic knapsack, solved by
-  sorting the 2n breakpoints of the piecewise-linear norm in ``lam``).
+  so that the L1 norm is ``eps`` (a continuous quadratic knapsack, solved exactly by
+  Newton on the piecewise-linear norm in ``lam``, :mod:`~car_attacks.core.l1_threshold`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import eagerpy as ep
 
+from .l1_threshold import l1_threshold as l1_threshold
 from .rescaling import needs_float64, solve_eta
 from .tensors import (
     UNIT_BOUNDS,
@@ -139,43 +140,3 @@ def project_l1(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound
     magnitude = magnitude * ep.where(over, eps_col / ep.where(over, total, 1.0), 1.0)
     # x0 + room can round one ulp past the bound; the clip only undoes that rounding
     return clip_to_bounds(x0 + (w.sign() * magnitude).reshape(x0.shape), lo, hi)
-
-
-def l1_threshold(size: ep.Tensor, room: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
-    """``lam`` of shape ``(N, 1)`` with ``h(lam) = sum_i min((a_i - lam)_+, r_i) = eps``.
-
-    ``h`` is non-increasing and piecewise linear with breakpoints ``a_i - r_i``
-    (slope decreases by one) and ``a_i`` (slope increases by one). Sorting them
-    locates the segment; ``lam`` is then recomputed from that segment's sums
-    ``lam = (sum_saturated r + sum_active a - eps) / |active|``. Rows with
-    ``h(0) <= eps`` give a meaningless value; callers mask them.
-    """
-    eps_col = eps.reshape((-1, 1))
-    positions = ep.concatenate([size - room, size], axis=1)
-    weights = ep.concatenate([-ep.ones_like(size), ep.ones_like(size)], axis=1)
-    order = positions.argsort(axis=1)
-    pos_sorted = positions.take_along_axis(order, axis=1)
-    slope = ep.cumsum(weights.take_along_axis(order, axis=1), axis=1)
-    drops = slope[:, :-1] * (pos_sorted[:, 1:] - pos_sorted[:, :-1])
-    h = ep.concatenate(
-        [room.sum(axis=1, keepdims=True), room.sum(axis=1, keepdims=True) + ep.cumsum(drops, 1)],
-        axis=1,
-    )
-    k = ep.maximum((h > eps_col).astype(order.dtype).sum(axis=1, keepdims=True), 1)
-    k = ep.minimum(k, positions.shape[1] - 1)
-    q_prev = pos_sorted.take_along_axis(k - 1, axis=1)
-    q_next = pos_sorted.take_along_axis(k, axis=1)
-    h_prev = h.take_along_axis(k - 1, axis=1)
-    slope_prev = slope.take_along_axis(k - 1, axis=1)
-    linear = q_prev + (h_prev - eps_col) / ep.where(slope_prev < 0, -slope_prev, 1.0)
-
-    # Recompute on the segment from plain sums (more accurate than the cumsum of drops).
-    mid = (q_prev + q_next) / 2
-    saturated = mid <= size - room
-    active = ep.logical_and(ep.logical_not(saturated), mid < size)
-    n_active = active.astype(size.dtype).sum(axis=1, keepdims=True)
-    total = (ep.where(saturated, room, 0.0) + ep.where(active, size, 0.0)).sum(
-        axis=1, keepdims=True
-    )
-    exact = (total - eps_col) / ep.where(n_active > 0, n_active, 1.0)
-    return ep.maximum(ep.where(n_active > 0, exact, linear), 0.0)
