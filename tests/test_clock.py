@@ -88,3 +88,19 @@ def test_rescaled_steps_are_timed_once_per_call(rescaling: str, p: float) -> Non
         steps.eta(x, d, eps)
     assert clock.sections == 3 and clock.seconds > 0
     assert (timed == plain).all().item()  # timing changes nothing
+
+
+def test_kernel_compilation_is_not_rescaling_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first call of a fused kernel compiles it: that time is kept out of the section."""
+    from car_attacks.core import clock as clock_module
+
+    compiled = {"total": 0.0}
+    monkeypatch.setattr(clock_module, "_compile_total", lambda: compiled["total"])
+    with rescaling_clock() as clock:
+        start = time.perf_counter()
+        with rescaling_section():
+            time.sleep(0.2)
+            compiled["total"] += 0.15  # as if a kernel had compiled for 0.15 s in here
+        elapsed = time.perf_counter() - start
+    assert clock.compile_seconds == pytest.approx(0.15)
+    assert 0.2 - 0.15 - 1e-3 <= clock.seconds <= elapsed - 0.15 + 1e-3

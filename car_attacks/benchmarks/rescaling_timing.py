@@ -300,7 +300,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: run, print the table and targets, write JSON."""
+    """Command-line entry point: run, print the table and targets, write JSON. The fused
+    kernels are compiled (``CAR_ATTACKS_COMPILE=1``) unless the environment says ``0``."""
+    os.environ.setdefault(fused.COMPILE_ENV, "1")
     return run_from_args(build_parser().parse_args(argv))
 
 

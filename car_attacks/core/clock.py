@@ -3,7 +3,10 @@
 :func:`rescaling_clock` activates a :class:`Clock`; while it is active, every
 :func:`rescaling_section` adds its wall time (``time.perf_counter``) to it. Sections
 nest without being counted twice (only the outermost one is timed), and with no clock
-active a section costs one context-variable lookup. Work on CUDA runs asynchronously, so
+active a section costs one context-variable lookup. The first call of a fused kernel
+compiles it (:func:`car_attacks.core.fused.compile_seconds`); that compile time is kept
+out of the section's time and counted in :attr:`Clock.compile_seconds` instead, so a
+run's first car unit is not charged for it. Work on CUDA runs asynchronously, so
 a timed section synchronises the device of the tensor it is given, before and after (and
 only then: CPU tensors are never synchronised).
 """
@@ -17,6 +20,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from . import fused
+
 __all__ = ["Clock", "rescaling_clock", "rescaling_section", "synchronize_like"]
 
 
@@ -26,6 +31,8 @@ class Clock:
 
     seconds: float = 0.0
     sections: int = 0
+    compile_seconds: float = 0.0
+    """Kernel compilation inside the sections (not part of :attr:`seconds`)."""
 
     @contextmanager
     def timing(self, like: object = None) -> Iterator[None]:
@@ -77,12 +84,20 @@ def rescaling_section(like: object = None) -> Iterator[None]:
         yield
         return
     lap = Clock()
+    compiled = _compile_total()
     token = _INSIDE.set(True)
     try:
         with lap.timing(like):
             yield
     finally:
         _INSIDE.reset(token)
+        compiling = _compile_total() - compiled
         for clock in clocks:
-            clock.seconds += lap.seconds
+            clock.seconds += max(0.0, lap.seconds - compiling)
+            clock.compile_seconds += compiling
             clock.sections += 1
+
+
+def _compile_total() -> float:
+    """Seconds spent compiling fused kernels in this process so far."""
+    return sum(fused.compile_seconds().values())
