@@ -27,7 +27,7 @@ import yaml
 from car_attacks.evaluation import RunSummary, parse_config, run_experiment
 from car_attacks.evaluation.distributed import Distributed, rank_device, shard
 from car_attacks.evaluation.records import TIMING_KEYS
-from car_attacks.evaluation.storage import RunStore, unit_key
+from car_attacks.evaluation.storage import RunDirError, RunStore, unit_key
 
 TIMING = TIMING_KEYS
 
@@ -214,9 +214,24 @@ def _kill_after(cmd: list[str], out: Path, lines: int) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
-        for pid in victims:  # wait until the lock of the run directory is free again
+        for pid in victims:
             while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
                 time.sleep(0.01)
+        _wait_for_lock(out)
+
+
+def _wait_for_lock(out: Path, timeout: float = 60.0) -> None:
+    """Wait until no process holds the run directory's lock: processes started after the
+    list of victims was taken (and children that inherited the lock's file) die late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with RunStore(out).lock():
+                return
+        except RunDirError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _state(pid: int) -> str:
