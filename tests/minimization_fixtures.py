@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import foolbox as fb
 import torch
@@ -73,3 +74,25 @@ def assert_best_of_iterates(
             assert torch.all(norms[is_adv] >= best[is_adv] * (1 - 1e-6))
             any_adv |= is_adv
     assert torch.equal(found, any_adv)
+
+
+def assert_results_in_bounds_and_honest(
+    fmodel: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack_results: tuple[Any, Any, Any],
+    epsilons: list[float | None],
+    *,
+    bounds: tuple[float, float],
+    p: float,
+) -> None:
+    """Every clipped result is in bounds, its success flag is the model's verdict, and with
+    an eps it lies within the eps ball; the unbounded (``None``) result fools every sample."""
+    _, clipped, success = attack_results
+    for adv, ok, eps in zip(clipped, success, epsilons, strict=True):
+        assert adv.min() >= bounds[0] and adv.max() <= bounds[1]
+        with torch.no_grad():
+            assert torch.equal(ok, fmodel(adv).argmax(-1) != y)
+        if eps is not None:
+            assert torch.all((adv - x).flatten(1).norm(p=p, dim=1) <= eps * (1 + 1e-4))
+    assert success[-1].all()

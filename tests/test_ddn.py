@@ -10,7 +10,13 @@ import foolbox as fb
 import pytest
 import torch
 from attack_fixtures import cifar_batch, small_convnet
-from minimization_fixtures import Recording, assert_best_of_iterates, fashion, median_found_norm
+from minimization_fixtures import (
+    Recording,
+    assert_best_of_iterates,
+    assert_results_in_bounds_and_honest,
+    fashion,
+    median_found_norm,
+)
 
 from car_attacks.attacks import L2ClippingAwareDDN, Rescaling
 from car_attacks.lipschitz import certified_radii, check_soundness
@@ -25,14 +31,8 @@ def test_in_bounds_and_success_agrees_with_model(bounds: tuple[float, float]) ->
     scale = bounds[1] - bounds[0]
     attack = L2ClippingAwareDDN(steps=STEPS, init_epsilon=scale)
     epsilons = [0.1 * scale, 2.0 * scale, None]
-    _, clipped, success = attack(fmodel, x, y, epsilons=epsilons)
-    for adv, ok, eps in zip(clipped, success, epsilons, strict=True):
-        assert adv.min() >= bounds[0] and adv.max() <= bounds[1]
-        with torch.no_grad():
-            assert torch.equal(ok, fmodel(adv).argmax(-1) != y)
-        if eps is not None:
-            assert torch.all((adv - x).flatten(1).norm(dim=1) <= eps * (1 + 1e-4))
-    assert success[-1].all()
+    results = attack(fmodel, x, y, epsilons=epsilons)
+    assert_results_in_bounds_and_honest(fmodel, x, y, results, epsilons, bounds=bounds, p=2.0)
 
 
 @pytest.mark.parametrize("rescaling", ["car", "naive"])

@@ -13,6 +13,7 @@ from attack_fixtures import cifar_batch, small_convnet
 from minimization_fixtures import (
     Recording,
     assert_best_of_iterates,
+    assert_results_in_bounds_and_honest,
     fashion,
     found_norms,
     median_found_norm,
@@ -40,14 +41,9 @@ def test_in_bounds_and_success_agrees_with_model(p: float, bounds: tuple[float, 
     scale = bounds[1] - bounds[0]
     attack = FMNS[p][0](steps=STEPS, max_stepsize=scale)
     epsilons = [0.01 * scale, 0.1 * scale, None]
-    _, clipped, success = attack(fmodel, x, y, epsilons=epsilons)
-    for adv, ok, eps in zip(clipped, success, epsilons, strict=True):
-        assert adv.min() >= bounds[0] and adv.max() <= bounds[1]
-        with torch.no_grad():
-            assert torch.equal(ok, fmodel(adv).argmax(-1) != y)
-        if eps is not None:
-            assert torch.all((adv - x).flatten(1).norm(p=p, dim=1) <= eps * (1 + 1e-4))
-    assert success[-1].all()  # an untargeted FMN beats this small net everywhere
+    results = attack(fmodel, x, y, epsilons=epsilons)
+    # an untargeted FMN beats this small net everywhere
+    assert_results_in_bounds_and_honest(fmodel, x, y, results, epsilons, bounds=bounds, p=p)
 
 
 @pytest.mark.parametrize("p", NORMS)
