@@ -7,6 +7,9 @@
   (it then resolves to an empty namespace package).
 * :func:`missing_system_package`: skip a test whose Debian package is not installed, or fail
   it when :data:`REQUIRE_SYSTEM_PACKAGES` is set (``.ci/run`` sets it, so CI runs everything).
+* :func:`import_optional`: import a module of an optional extra, or skip the test module
+  (a failure under :data:`REQUIRE_SYSTEM_PACKAGES`: the README's test command installs
+  the extras the tests use).
 * :func:`fashion_mnist`: the first ``n`` Fashion-MNIST test images, from Debian's
   ``dataset-fashion-mnist`` when installed, else foolbox's 20 shipped samples (the same
   first 20 images); more than those 20 without the package is a missing system package.
@@ -14,9 +17,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import pytest
@@ -39,6 +44,21 @@ def _missing(reason: str, package: str) -> NoReturn:
     if os.environ.get(REQUIRE_SYSTEM_PACKAGES):
         pytest.fail(f"{message} ({REQUIRE_SYSTEM_PACKAGES} is set: this test must run)")
     pytest.skip(message)
+
+
+def import_optional(module: str, extra: str, requirement: str) -> ModuleType:
+    """``module``, or skip the calling test module because the optional extra ``extra``
+    (``requirement``) is not installed; under :data:`REQUIRE_SYSTEM_PACKAGES` a failure."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        message = (
+            f"needs the optional extra {extra!r} ({requirement}): "
+            f'pip install --no-build-isolation -e ".[{extra}]" ({error})'
+        )
+        if os.environ.get(REQUIRE_SYSTEM_PACKAGES):
+            pytest.fail(f"{message} ({REQUIRE_SYSTEM_PACKAGES} is set: this test must run)")
+        pytest.skip(message, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import import_optional
 
 from car_attacks.evaluation import parse_config
 from car_attacks.evaluation.adv_lib_peers import ADV_LIB_ATTACKS, AdvLibPeer
@@ -16,7 +17,7 @@ from car_attacks.evaluation.catalog import prepare_methods
 from car_attacks.evaluation.config import ConfigError
 from car_attacks.evaluation.methods import AttackTarget
 
-pytest.importorskip("adv_lib", reason="needs the optional extra 'peers' (adv-lib==0.2.8)")
+import_optional("adv_lib", "peers", "adv-lib==0.2.8")
 
 
 def _target(scale: float = 1.0) -> tuple[AttackTarget, torch.Tensor, torch.Tensor]:
