@@ -263,9 +263,10 @@ def test_formatting() -> None:
     assert fmt(None) == "n/a" and fmt(1.23456, ".2f") == "1.23" and fmt(3) == "3"
 
 
-def _timed_report(untimed: str = "") -> Report:
+def _timed_report(untimed: str = "", compiled: float | None = None) -> Report:
     """pgd with three variants that recorded their rescaling and model time, and a peer;
-    the ``untimed`` method's unit at eps 1.0 did not record its rescaling time."""
+    the ``untimed`` method's unit at eps 1.0 did not record its rescaling time; the car
+    unit at eps 1.0 spent ``compiled`` seconds compiling kernels."""
     variants = {"car": (0.25, 1.0), "bisection": (0.9, 1.5), "naive": (0.05, 1.0)}
     methods = [
         MethodRecord(key=f"pgd/{v}", attack="pgd", variant=v, cls="c", kind="fixed")
@@ -295,6 +296,7 @@ def _timed_report(untimed: str = "") -> Report:
                     time_s=time_s,
                     rescaling_s=None if (key, e) == (untimed, 1.0) else rescaling_s,
                     model_s=0.4,
+                    compile_s=compiled if (key, e) == ("pgd/car", 1.0) else None,
                 )
             )
     manifest = replace(_manifest(len(records)), methods=methods)
@@ -326,6 +328,24 @@ def test_runtime_splits_rescaling_and_model_time() -> None:
     assert any(s.startswith("Model forward time") for s in report.headline)
     md = render_markdown(report, report_tables(report))
     assert "| pgd | car | 2.00 | 0.500 | 0.80 | 0.70 |" in md
+
+
+def test_kernel_compile_time_is_reported_apart_from_the_rescaling_time() -> None:
+    """A unit that compiled the fused kernels: its compile time is stored, summed per method,
+    named in the headline, and taken out of "other", never added to the rescaling time."""
+    rec = replace(_attack("pgd/car", 0.5, [True] * 4, [0.5] * 4), compile_s=0.3)
+    assert AttackRecord.from_json(rec.to_json()) == rec
+    assert "compile_s" not in replace(rec, compile_s=None).to_json()
+    plain, compiled = _timed_report(), _timed_report(compiled=0.3)
+    car = {m.key: m for m in compiled.attacks[0].methods}["pgd/car"]
+    car_plain = {m.key: m for m in plain.attacks[0].methods}["pgd/car"]
+    assert car.compile_s == pytest.approx(0.3) and car_plain.compile_s == 0.0
+    assert car.rescaling_s == car_plain.rescaling_s == 0.5
+    assert car.other_s == pytest.approx(car_plain.other_s - 0.3)  # type: ignore[operator]
+    assert car.to_json()["compile_s"] == pytest.approx(0.3)
+    line = "Compiling the fused kernels (CAR_ATTACKS_COMPILE=1) took 0.3 s"
+    assert any(s.startswith(line) for s in compiled.headline)
+    assert not any(s.startswith("Compiling") for s in plain.headline)
 
 
 def test_old_records_without_timings_still_report() -> None:

@@ -35,7 +35,7 @@ __all__ = [
 CLEAN = "clean"
 """The method key (and attack and variant) of the clean-accuracy units."""
 
-TIMING_KEYS = ("time_s", "cpu_s", "rescaling_s", "model_s")
+TIMING_KEYS = ("time_s", "cpu_s", "rescaling_s", "model_s", "compile_s")
 """The stored keys of an :class:`AttackRecord` that are measured times (they differ between
 otherwise identical runs)."""
 
@@ -201,6 +201,9 @@ class AttackRecord:
     model_s: float | None = None
     """Wall time of the model's forward passes during the attack (absent in older run
     directories)."""
+    compile_s: float | None = None
+    """Wall time spent compiling the fused kernels (``CAR_ATTACKS_COMPILE=1``) during the
+    attack: inside ``time_s``, outside ``rescaling_s``; absent when nothing was compiled."""
 
     @property
     def key(self) -> str:
@@ -228,7 +231,11 @@ class AttackRecord:
         )
         if self.violation is not None:
             out["violation"] = self.violation
-        timings = {"rescaling_s": self.rescaling_s, "model_s": self.model_s}
+        timings = {
+            "rescaling_s": self.rescaling_s,
+            "model_s": self.model_s,
+            "compile_s": self.compile_s,
+        }
         out.update({k: v for k, v in timings.items() if v is not None})
         return out
 
@@ -253,6 +260,7 @@ class AttackRecord:
             violation=None if d.get("violation") is None else d["violation"],
             rescaling_s=_optional_float(d.get("rescaling_s")),
             model_s=_optional_float(d.get("model_s")),
+            compile_s=_optional_float(d.get("compile_s")),
         )
 
 

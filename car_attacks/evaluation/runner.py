@@ -216,6 +216,7 @@ class _Executor:
             violation=violation,
             rescaling_s=None if unit.variant == PEER else rescaling.seconds,
             model_s=self.counter.clock.seconds,
+            compile_s=rescaling.compile_seconds or None,
         )
 
     def clean(self, batch: int, x: Tensor, y: Tensor, indices: list[int]) -> CleanRecord:

@@ -46,6 +46,8 @@ class MethodSamples:
     model_s: float | None = None
     """Sums over the units; ``None`` unless every unit recorded them (older run
     directories and peers do not record ``rescaling_s``)."""
+    compile_s: float = 0.0
+    """Kernel compilation inside ``time_s`` (units that compiled), summed."""
 
     def add(self, rec: AttackRecord, eps_grid: tuple[float, ...]) -> None:
         """Take in one unit's results."""
@@ -53,6 +55,7 @@ class MethodSamples:
         self.units += 1
         self.rescaling_s = _sum_if_known(self.rescaling_s, rec.rescaling_s, first)
         self.model_s = _sum_if_known(self.model_s, rec.model_s, first)
+        self.compile_s += rec.compile_s or 0.0
         self.time_s += rec.time_s
         self.cpu_s += rec.cpu_s
         self.queries += rec.queries

@@ -125,6 +125,8 @@ class MethodSummary:
     that recorded it)."""
     model_s: float | None = None
     """Wall time of the model's forward passes inside ``time_s`` (runs that recorded it)."""
+    compile_s: float = 0.0
+    """Wall time compiling the fused kernels inside ``time_s`` (not in ``rescaling_s``)."""
     distribution: list[list[float]] = field(default_factory=list, compare=False)
     """For the plots, not stored: per eps the sorted ratios (fixed-eps attacks), or one
     list of the norms found (minimization attacks)."""
@@ -139,10 +141,11 @@ class MethodSummary:
 
     @property
     def other_s(self) -> float | None:
-        """``time_s - rescaling_s - model_s``: backward passes and the attack's own work."""
+        """``time_s - rescaling_s - model_s - compile_s``: backward passes and the attack's
+        own work."""
         if self.time_s is None or self.rescaling_s is None or self.model_s is None:
             return None
-        return round(max(self.time_s - self.rescaling_s - self.model_s, 0.0), 4)
+        return round(max(self.time_s - self.rescaling_s - self.model_s - self.compile_s, 0.0), 4)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,6 +169,7 @@ class MethodSummary:
             "certificate": None if self.certificate is None else self.certificate.to_json(),
             "rescaling_s": self.rescaling_s,
             "model_forward_s": self.model_s,
+            "compile_s": self.compile_s,
             "other_s": self.other_s,
         }
 

@@ -172,6 +172,7 @@ def _method_summary(
         certificate=None if certified is None else _soundness(md, robust, certified),
         rescaling_s=finite(md.rescaling_s, 4),
         model_s=finite(md.model_s, 4),
+        compile_s=round(md.compile_s, 4),
         distribution=(
             [_found_norms(md, clean.correct, a.norm)] if minimization else [c.ratios for c in cols]
         ),
