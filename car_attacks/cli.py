@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .evaluation import check_references, load_config, run_experiment
 
     path = _config_path(args.config)
-    config, text = load_config(path, overrides=args.set)
+    config, text = load_config(path, overrides=args.set, only=args.only)
     methods = check_references(config)
     out = Path(args.out) if args.out else _default_out(config.name)
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun rank other than 0: errors only
@@ -271,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (default: runs/<config name>-<date>-<time>)",
     )
     _add_set_option(p)
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ATTACK_ID",
+        help="run only this attack of the config (and the peers compared with it); repeatable",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="store results only")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")

@@ -16,6 +16,7 @@ import yaml
 from test_evaluation import register_tiny, tiny_raw
 
 from car_attacks import cli
+from car_attacks.evaluation import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,6 +243,29 @@ def test_set_overrides_config_values(tmp_path: Path, capsys: pytest.CaptureFixtu
     ):
         assert cli.main(["validate", str(cfg), "--set", bad]) == 2, bad
         assert message in one_line_error(capsys.readouterr().err), bad
+
+
+def test_only_runs_the_named_attacks_and_their_peers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write(tmp_path / "tiny.yaml", tiny_raw())
+    config, text = load_config(cfg, only=["pgd_linf"])
+    assert [a.id for a in config.attacks] == ["pgd_linf"]
+    assert [p.compare_with for p in config.peers] == ["pgd_linf", "pgd_linf"]
+    assert "# --only pgd_linf" in text
+    both, _ = load_config(cfg, only=["boundary", "noise_l2"])
+    assert [a.id for a in both.attacks] == ["noise_l2", "boundary"]  # the config's order
+    assert [p.id for p in both.peers] == ["fb_boundary"]
+    out = tmp_path / "run"
+    only = ["--only", "noise_l2", "--set", "data.n=2", "--set", "data.batch_size=2"]
+    assert cli.main(["run", str(cfg), "--out", str(out), "--no-progress", *only]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [a["id"] for a in report["attacks"]] == ["noise_l2"]
+    capsys.readouterr()
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "bad"), "--only", "pgd"]) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert "--only: no attack with id 'pgd' (attack ids: pgd_linf, noise_l2, boundary)" in err
+    assert not (tmp_path / "bad").exists()
 
 
 # --------------------------------------------------------------------------- list, bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import yaml
 
 from .config import ConfigError, ExperimentConfig, default_id, parse_config
 
-__all__ = ["apply_overrides", "load_config"]
+__all__ = ["apply_overrides", "load_config", "select_attacks"]
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -84,12 +85,15 @@ def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
     return out
 
 
-def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> tuple[ExperimentConfig, str]:
+def load_config(
+    path: str | Path, *, overrides: Sequence[str] = (), only: Sequence[str] = ()
+) -> tuple[ExperimentConfig, str]:
     """Read and parse a YAML config file (structure and types; the names it uses are
     checked by :func:`car_attacks.evaluation.catalog.check_references`).
 
-    ``overrides`` are ``KEY=VALUE`` strings (:func:`apply_overrides`). Returns the config
-    and the file's text (with the overrides appended as comments). Raises
+    ``overrides`` are ``KEY=VALUE`` strings (:func:`apply_overrides`); ``only``, when not
+    empty, keeps just those attack ids (:func:`select_attacks`). Returns the config and the
+    file's text (with the overrides and the selection appended as comments). Raises
     :class:`ConfigError`.
     """
     p = Path(path)
@@ -118,4 +122,23 @@ def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> tuple[Exp
     if overrides:
         raw = apply_overrides(raw, overrides)
         text = text.rstrip("\n") + "\n" + "".join(f"# --set {o}\n" for o in overrides)
-    return parse_config(raw, default_name=default_id(p.stem)), text
+    config = parse_config(raw, default_name=default_id(p.stem))
+    if only:
+        config = select_attacks(config, only)
+        text = text.rstrip("\n") + "\n" + "".join(f"# --only {i}\n" for i in only)
+    return config, text
+
+
+def select_attacks(config: ExperimentConfig, ids: Sequence[str]) -> ExperimentConfig:
+    """``config`` with only the attacks named in ``ids`` and the peers compared with them
+    (the command line's ``--only``). Raises :class:`ConfigError` for an unknown id."""
+    known = [a.id for a in config.attacks]
+    for i in ids:
+        if i not in known:
+            raise ConfigError("--only", f"no attack with id {i!r} (attack ids: {', '.join(known)})")
+    keep = set(ids)
+    return replace(
+        config,
+        attacks=tuple(a for a in config.attacks if a.id in keep),
+        peers=tuple(p for p in config.peers if p.compare_with in keep),
+    )
