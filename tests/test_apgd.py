@@ -129,9 +129,108 @@ def test_bad_call_arguments() -> None:
     with pytest.raises(ValueError, match="n_target_classes"):
         attack = LinfClippingAwareAPGD(steps=2, loss="dlr-targeted", n_target_classes=10)
         attack(fmodel, x, y, epsilons=[0.01])
-    target = fb.criteria.TargetedMisclassification(y)
-    with pytest.raises(ValueError, match="Misclassification"):
-        LinfClippingAwareAPGD(steps=2)(fmodel, x, target, epsilons=[0.01])
+
+    class _Confidence(fb.criteria.Criterion):  # a criterion APGD has no loss for
+        def __call__(self, perturbed: Any, outputs: Any) -> Any:
+            return outputs.max(axis=-1) > 0
+
+        def __repr__(self) -> str:
+            return "_Confidence()"
+
+    with pytest.raises(ValueError, match="TargetedMisclassification, got criterion=_Confidence"):
+        LinfClippingAwareAPGD(steps=2)(fmodel, x, _Confidence(), epsilons=[0.01])
+    wrong = fb.criteria.TargetedMisclassification(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="target_classes must have shape"):
+        LinfClippingAwareAPGD(steps=2)(fmodel, x, wrong, epsilons=[0.01])
+
+
+def _second_choice(fmodel: fb.PyTorchModel, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return fmodel(x).argsort(-1)[:, -2]
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+@pytest.mark.parametrize(("cls", "norm", "eps"), CASES, ids=IDS)
+def test_targeted_criterion_reaches_the_given_class(
+    cls: type[ClippingAwareAPGD], norm: str, eps: float, loss: APGDLoss
+) -> None:
+    """Success is "classified as the target" (checked on the model), in the box and the
+    eps-ball (float64); one round whatever ``n_target_classes``; failures return the input."""
+    fmodel = small_convnet()
+    x, y = cifar_batch(fmodel, 8)
+    targets = (_second_choice(fmodel, x) + torch.arange(8) % 2) % 10  # some easy, some not
+    targets = torch.where(targets == y, (y + 1) % 10, targets)
+    criterion = fb.criteria.TargetedMisclassification(targets)
+    attack = cls(steps=8, loss=loss, n_target_classes=2, seed=0)
+    _, clipped, success = attack(fmodel, x, criterion, epsilons=[eps])
+    adv = clipped[0]
+    with torch.no_grad():
+        reached = fmodel(adv).argmax(-1) == targets
+    assert torch.equal(success[0], reached)
+    assert bool(reached.any()) and not bool(reached.all())
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    delta = (adv.double() - x.double()).flatten(1)
+    p = {"Linf": float("inf"), "L2": 2.0, "L1": 1.0}[norm]
+    assert float(delta.norm(p=p, dim=1).max()) <= eps * (1 + 1e-5)
+    assert torch.equal(adv[~reached], x[~reached])
+    one_round = cls(steps=8, loss=loss, n_target_classes=7, seed=0)
+    assert torch.equal(one_round(fmodel, x, criterion, epsilons=[eps])[1][0], adv)
+
+
+def test_targeted_losses_match_pyautoattack() -> None:
+    """``-CE(z, t)`` and the targeted DLR from the clean prediction (pyautoattack's
+    ``ce_loss_targeted`` and ``dlr_loss_targeted``)."""
+    logits = torch.randn(16, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    labels = logits.argmax(-1)
+    targets = (labels + 1 + torch.arange(16) % 9) % 10
+    ref = APGDAttack_targeted(lambda v: v, eps=1.0)
+    ref.y_target = targets
+    lz, ly, lt = ep.astensor(logits), ep.astensor(labels), ep.astensor(targets)
+    for loss, expected in (
+        ("ce", ref.ce_loss_targeted(logits, labels)),
+        ("dlr", ref.dlr_loss_targeted(logits, labels)),
+        ("dlr-targeted", ref.dlr_loss_targeted(logits, labels)),
+    ):
+        attack = L2ClippingAwareAPGD(loss=loss)  # type: ignore[arg-type]
+        ours = attack.per_sample_loss(ly, ly, 0, targets=lt)(lz).raw
+        assert torch.allclose(ours, expected), loss
+
+
+def test_seeded_targeted_results_are_batch_independent() -> None:
+    fmodel = small_convnet()
+    x, y = cifar_batch(fmodel, 8)
+    targets = _second_choice(fmodel, x)
+    attack = L2ClippingAwareAPGD(steps=6, restarts=2, loss="dlr-targeted", seed=5)
+    full = attack(fmodel, x, fb.criteria.TargetedMisclassification(targets), epsilons=[0.5])
+    order = torch.tensor([6, 1, 3])
+    criterion = fb.criteria.TargetedMisclassification(targets[order])
+    part = attack(fmodel, x[order], criterion, epsilons=[0.5])
+    assert torch.allclose(part[1][0], full[1][0][order], atol=1e-6)
+    assert torch.equal(part[2][0], full[2][0][order])
+
+
+@pytest.mark.parametrize("rescaling", ["car", "naive", "bisection"])
+def test_l1_projection_is_timed_as_rescaling_work(
+    rescaling: Rescaling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every exact L1 projection of L1-APGD runs inside a rescaling section (so the
+    report's rescaling column counts it), whatever the rescaling."""
+    from car_attacks.core import clock, projection
+
+    inside: list[bool] = []
+    original = projection.project_l1
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        inside.append(clock._INSIDE.get())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "project_l1", recording)
+    fmodel = small_convnet()
+    x, y = cifar_batch(fmodel, 4)
+    with clock.rescaling_clock() as timer:
+        L1ClippingAwareAPGD(steps=3, rescaling=rescaling, seed=0)(fmodel, x, y, epsilons=[5.0])
+    assert len(inside) >= 3 and all(inside)
+    assert timer.sections >= len(inside)
 
 
 def test_dlr_losses_match_pyautoattack() -> None:

@@ -118,7 +118,7 @@ def test_later_attacks_see_only_the_rest() -> None:
     assert torch.equal(clipped[0][[4, 5]], x[[4, 5]])
 
 
-def _alone(attack: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+def _alone(attack: Any, fmodel: Any, x: torch.Tensor, y: Any, eps: float) -> torch.Tensor:
     _, _, success = attack(fmodel, x, y, epsilons=[eps])
     return success[0]
 
@@ -140,6 +140,50 @@ def test_union_of_the_components(norm: str, eps: float) -> None:
     assert found.attacks[0] == CLEAN
     dist = fb.distances.LpDistance(attack.p)(x, clipped[0])
     assert bool((dist <= eps * (1 + 1e-5)).all())
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 0.6), ("l1", 2.0)])
+def test_targeted_criterion(norm: str, eps: float) -> None:
+    """Success means "classified as the target" (checked on the model) and is the union of
+    the components' own targeted successes; the results lie in the box and the eps-ball."""
+    net, x, y = _setup()
+    fmodel = fb.PyTorchModel(net, bounds=(0, 1))
+    with torch.no_grad():
+        targets = net(x).argsort(1)[:, -3]
+    targets[0] = net(x[:1]).argmax(1)[0]  # sample 0 is already classified as its target
+    criterion = fb.criteria.TargetedMisclassification(targets)
+    attack = ClippingAwareAutoAttack(norm=norm, steps=STEPS, seed=3)
+    _, clipped, success = attack(fmodel, x, criterion, epsilons=[eps])
+    adv = clipped[0]
+    with torch.no_grad():
+        reached = net(adv).argmax(1) == targets
+    assert torch.equal(success[0], reached)
+    assert 1 < int(reached.sum()) < len(x)
+    union = torch.zeros_like(reached)
+    union[0] = True
+    for comp in attack.components:
+        union |= _alone(comp.attack, fmodel, x, criterion, eps)
+    assert torch.equal(success[0], union)
+    (found,) = attack.last_found_by.values()
+    assert found.attacks[0] == CLEAN
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    p = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}[norm]
+    dist = (adv.double() - x.double()).flatten(1).norm(p=p, dim=1)
+    assert float(dist.max()) <= eps * (1 + 1e-5)
+
+
+def test_bad_criterion_names_itself() -> None:
+    class _Confidence(fb.criteria.Criterion):
+        def __call__(self, perturbed: Any, outputs: Any) -> Any:
+            return outputs.max(axis=-1) > 1e9
+
+        def __repr__(self) -> str:
+            return "_Confidence()"
+
+    net, x, _ = _setup()
+    attack = ClippingAwareAutoAttack(norm="l2", steps=STEPS, seed=0)
+    with pytest.raises(ValueError, match="TargetedMisclassification, got criterion=_Confidence"):
+        attack(fb.PyTorchModel(net, bounds=(0, 1)), x, _Confidence(), epsilons=[0.3])
 
 
 def test_bounds_0_255_and_batch_independence() -> None:

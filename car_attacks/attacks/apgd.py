@@ -16,6 +16,14 @@ L1 ("Mind the box", Croce & Hein, ICML 2021): ``d`` is the gradient's sign on th
 coordinates that can still move towards the box, ``k`` adapted over the run.
 APGD-T (``loss="dlr-targeted"``): one round per target, the ``n_target_classes`` classes
 with the largest clean logits after the top one, on the targeted DLR loss.
+
+A foolbox ``TargetedMisclassification(target_classes)`` criterion makes every loss targeted
+towards the given class ``t`` (one round, no loop over classes), and success means
+"classified as ``t``": ``"ce"`` ascends ``-CE(z, t)`` (pyautoattack's ``ce-targeted``);
+``"dlr"`` and ``"dlr-targeted"`` ascend the targeted DLR
+``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` (Croce & Hein, 2020, eq. 4) with ``y`` the
+model's clean prediction (the criterion carries no labels; on the correctly classified
+points AutoAttack attacks, it is the label).
 """
 
 from __future__ import annotations
@@ -26,10 +34,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal, TypedDict
 
 import eagerpy as ep
 import numpy as np
-from foolbox.criteria import Misclassification
+from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
-from ..core.projection import project_unchecked
 from ..core.tensors import batch_view, flatten_batch, lp_norms, room_along
 from .apgd_schedule import HalvingSchedule, SparsitySchedule, StepSchedule
 from .base import AttackCall, Bounds, ClippingAwareFixedEpsilonAttack, Rescaling
@@ -41,6 +48,7 @@ from .losses import (
     summed_loss,
     targeted_dlr_loss,
 )
+from .minimization import Objective
 from .norms import L1, L2, LINF
 from .sampling import draw
 
@@ -111,8 +119,11 @@ class ClippingAwareAPGD(ClippingAwareFixedEpsilonAttack):
     Args:
         steps: Iterations per run (``N``).
         restarts: Runs per target; a run attacks only the samples not yet fooled.
-        loss: ``"ce"``, ``"dlr"`` or ``"dlr-targeted"`` (APGD-T).
-        n_target_classes: APGD-T's number of target classes (rounds).
+        loss: ``"ce"``, ``"dlr"`` or ``"dlr-targeted"`` (APGD-T); with a
+            ``TargetedMisclassification`` criterion each is targeted towards the given class
+            (see the module docstring).
+        n_target_classes: APGD-T's number of target classes (rounds) for labels or a
+            ``Misclassification`` criterion (a targeted criterion gives one round).
         rho: Condition 1's threshold of the step-size schedule.
         random_start: Start each run from a random point of the ball (else from the input).
         rescaling: ``"car"`` (exact), ``"bisection"`` or ``"naive"`` (pyautoattack's).
@@ -207,11 +218,14 @@ class ClippingAwareAPGD(ClippingAwareFixedEpsilonAttack):
         eps: ep.Tensor,
         start: ep.Tensor,
         bounds: Bounds,
+        *,
+        targeted: bool = False,
     ) -> APGDRun:
         """``steps`` APGD iterations from ``start``: each sample's best-loss point and its
-        first adversarial iterate (an adversarial ``start`` counts)."""
+        first adversarial iterate (an adversarial ``start`` counts). ``labels``: the classes
+        to leave, or with ``targeted`` the classes to reach."""
         loss_fn = summed_loss(model, per_sample)
-        is_adv = Misclassification(labels)
+        is_adv = _criterion(labels, targeted=targeted)
         x = start
         _, logits, grad = loss_logits_and_grad(loss_fn, x)
         loss = per_sample(logits)
@@ -245,21 +259,25 @@ class ClippingAwareAPGD(ClippingAwareFixedEpsilonAttack):
     # -- the runs ----------------------------------------------------------------------------
 
     def perturbed_batch(self, model: Model, call: AttackCall, epsilon: float) -> ep.Tensor:
-        """Rounds (one per target for APGD-T) of ``restarts`` runs on the samples not yet
-        fooled; each sample's first adversarial iterate, else its input."""
-        if not isinstance(call.criterion, Misclassification):
+        """Rounds (one per target for untargeted APGD-T) of ``restarts`` runs on the samples
+        not yet fooled; each sample's first adversarial iterate, else its input."""
+        if call.criterion is None:
             raise ValueError(
-                f"APGD needs labels or a Misclassification criterion, got {call.criterion!r}"
+                "APGD needs labels, Misclassification or TargetedMisclassification, got None"
             )
+        objective = Objective.of(call.criterion, len(call.x))
         if not math.isfinite(epsilon):
             raise ValueError(f"epsilon must be finite for APGD, got epsilon={epsilon!r}")
-        x0, labels = call.x, call.criterion.labels
+        x0 = call.x
         clean_logits = model(x0)
         result = FirstSuccess.starting_at(x0, call.criterion(x0, clean_logits))
         if epsilon == 0:
             return x0
-        rounds = self.n_target_classes if self.loss == "dlr-targeted" else 1
+        targeted = objective.targeted
+        rounds = self.n_target_classes if self.loss == "dlr-targeted" and not targeted else 1
         ranking = clean_logits.argsort(axis=-1)
+        # the classes to leave: the labels, or (targeted) the clean predictions
+        labels = ranking[:, -1] if targeted else objective.classes
         for target_round in range(rounds):
             for restart in range(self.restarts):
                 todo = np.flatnonzero(np.logical_not(result.found.numpy()))
@@ -268,10 +286,20 @@ class ClippingAwareAPGD(ClippingAwareFixedEpsilonAttack):
                 index = ep.from_numpy(labels, todo)
                 x, y = x0[index], labels[index]
                 eps = ep.full(x, (len(todo),), float(epsilon))
-                per_sample = self.per_sample_loss(y, ranking[index], target_round)
+                targets = objective.classes[index] if targeted else None
+                per_sample = self.per_sample_loss(y, ranking[index], target_round, targets=targets)
                 stream = target_round * self.restarts + restart
                 start = self.start_point(x, eps, call.bounds, stream) if self.random_start else x
-                run = self.single_run(model, x, y, per_sample, eps, start, call.bounds)
+                run = self.single_run(
+                    model,
+                    x,
+                    y if targets is None else targets,
+                    per_sample,
+                    eps,
+                    start,
+                    call.bounds,
+                    targeted=targeted,
+                )
                 found = ep.zeros(x0, len(x0)).bool()
                 found = ep.index_update(found, index, run.first.found)
                 best = ep.index_update(result.best, index, run.first.best)
@@ -279,10 +307,21 @@ class ClippingAwareAPGD(ClippingAwareFixedEpsilonAttack):
         return result.best
 
     def per_sample_loss(
-        self, labels: ep.Tensor, ranking: ep.Tensor, target_round: int
+        self,
+        labels: ep.Tensor,
+        ranking: ep.Tensor,
+        target_round: int,
+        *,
+        targets: ep.Tensor | None = None,
     ) -> PerSampleLoss:
         """The loss of round ``target_round``: CE, DLR, or targeted DLR towards each sample's
-        ``(target_round + 2)``-th largest clean logit."""
+        ``(target_round + 2)``-th largest clean logit. With ``targets`` (a targeted criterion):
+        ``-CE(z, t)`` for ``"ce"``, else the targeted DLR from ``labels`` towards ``t``."""
+        if targets is not None:
+            given = targets
+            if self.loss == "ce":
+                return lambda logits: -ep.crossentropy(logits, given)
+            return lambda logits: targeted_dlr_loss(logits, labels, given)
         if self.loss == "ce":
             return lambda logits: ep.crossentropy(logits, labels)
         if self.loss == "dlr":
@@ -292,8 +331,13 @@ class ClippingAwareAPGD(ClippingAwareFixedEpsilonAttack):
                 f"n_target_classes must be < the number of classes {ranking.shape[-1]}, "
                 f"got n_target_classes={self.n_target_classes}"
             )
-        targets = ranking[:, -(target_round + 2)]
-        return lambda logits: targeted_dlr_loss(logits, labels, targets)
+        round_targets = ranking[:, -(target_round + 2)]
+        return lambda logits: targeted_dlr_loss(logits, labels, round_targets)
+
+
+def _criterion(classes: ep.Tensor, *, targeted: bool) -> Criterion:
+    """Success for ``classes``: leaving them, or (``targeted``) being classified as them."""
+    return TargetedMisclassification(classes) if targeted else Misclassification(classes)
 
 
 class L2ClippingAwareAPGD(ClippingAwareAPGD):
@@ -385,6 +429,6 @@ class L1ClippingAwareAPGD(ClippingAwareAPGD):
         return top_k_sign(gradient, x, bounds, schedule.top_fraction)
 
     def project(self, x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, bounds: Bounds) -> ep.Tensor:
-        """The exact L1-ball ∩ box projection for every rescaling (pyautoattack's too)."""
-        lo, hi = bounds
-        return project_unchecked(x0, z, eps, p=1.0, lo=lo, hi=hi)
+        """The exact L1-ball ∩ box projection for every rescaling (pyautoattack's too), timed
+        as rescaling work."""
+        return self.rescaled(bounds).project_exact(x0, z, eps)

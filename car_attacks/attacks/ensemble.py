@@ -7,6 +7,12 @@ adversarial any of them found (Croce & Hein, ICML 2020, "Reliable evaluation of
 adversarial robustness with an ensemble of diverse parameter-free attacks"; FMN: Pintor
 et al., NeurIPS 2021). Which attack fooled which sample is recorded in
 :attr:`ClippingAwareAutoAttack.last_found_by` (per eps) after each call.
+
+A ``TargetedMisclassification(target_classes)`` criterion is supported: every component
+then attacks towards the given class and success means "classified as the target"
+(APGD-CE minimises the target's cross-entropy, APGD-T runs one round of the targeted DLR
+loss towards it instead of looping over ``n_target_classes``, FMN its targeted version).
+Other criteria raise a ValueError that names them.
 """
 
 from __future__ import annotations
@@ -93,14 +99,15 @@ def _subset(criterion: Criterion, idx: ep.Tensor) -> Criterion:
 
 class ClippingAwareAutoAttack(ClippingAwareFixedEpsilonAttack):
     """Per sample and eps, the first adversarial that APGD-CE, APGD-T (targeted DLR over
-    ``n_target_classes`` classes) or FMN finds; later attacks only see the samples that
-    earlier ones did not fool (foolbox's fixed-epsilon call contract).
+    ``n_target_classes`` classes, or towards the given class of a targeted criterion) or FMN
+    finds; later attacks only see the samples that earlier ones did not fool (foolbox's
+    fixed-epsilon call contract).
 
     Args:
         norm: ``"l1"``, ``"l2"`` or ``"linf"`` (default, as AutoAttack's).
         version: ``"standard"`` (APGD-CE, APGD-T, FMN) or ``"fast"`` (APGD-CE, FMN).
         steps: iterations of every attack of the ensemble.
-        n_target_classes: classes APGD-T targets in turn.
+        n_target_classes: classes APGD-T targets in turn (untargeted criteria only).
         rescaling: ``"car"``, ``"bisection"`` or ``"naive"``, for every attack.
         seed: ``None`` or an int >= 0 given to every attack (per-sample streams).
     """

@@ -76,11 +76,19 @@ class RescaledSteps:
         """Onto ``{v : ||v - x0||_p <= eps} ∩ box``: exact for car and bisection (the L2 case
         solves its scale with the chosen method), project-then-clip for naive; timed as
         rescaling work."""
+        if self.rescaling != "naive":
+            return self.project_exact(x0, z, eps)
         with rescaling_section(x0):
-            if self.rescaling == "naive":
-                return project_then_clip(x0, z, eps, p=self.p, bounds=self.bounds)
+            return project_then_clip(x0, z, eps, p=self.p, bounds=self.bounds)
+
+    def project_exact(self, x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
+        """Onto ``{v : ||v - x0||_p <= eps} ∩ box`` exactly whatever the rescaling (naive
+        included: L1-APGD projects exactly in every variant, as the authors' code); the L2
+        case solves its scale with the chosen method (Newton for naive); timed as
+        rescaling work."""
+        with rescaling_section(x0):
             lo, hi = self.bounds
-            method = SOLVER[self.rescaling]
+            method = SOLVER["car" if self.rescaling == "naive" else self.rescaling]
             return project_unchecked(x0, z, eps, p=self.p, lo=lo, hi=hi, method=method)
 
 
