@@ -87,7 +87,9 @@ def test_the_kernels_compile_once_for_every_batch_size(small_fused, monkeypatch)
         x, delta, eps = _problem(n, n, 0.0, 255.0, p, torch.float32)
         _solve(x[:, :, :5], delta[:, :, :5], eps, p, (0.0, 255.0))
     assert counters["stats"]["unique_graphs"] == graphs
-    assert {"_power_sums", "_linf_reach", "_linf_fastest"} <= set(fused.compile_seconds())
+    assert {"_first_sums", "_power_sums", "_linf_pass", "_linf_fastest"} <= set(
+        fused.compile_seconds()
+    )
 
 
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(small_fused):
@@ -116,7 +118,7 @@ def test_compiler_failure_warns_once_and_runs_eagerly(small_fused, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     monkeypatch.setattr(fused, "_state", {"failed": False, "compile_s": {}})
-    for name in ("_POWER_SUMS", "_ROW_MAX_ABS", "_INPUT_STATS"):
+    for name in ("_POWER_SUMS", "_FIRST_SUMS", "_INPUT_STATS", "_CHECKED_FIRST_SUMS"):
         monkeypatch.setattr(fused, name, fused._Kernel(getattr(fused, name).fn))
     x, delta, eps = _problem(8, 4, 0.0, 1.0, 2.0, torch.float32)
     with pytest.warns(RuntimeWarning, match="torch.compile failed") as record:
@@ -179,3 +181,96 @@ def test_gradients_through_the_fused_solve_match_eager(small_fused, monkeypatch,
     _eager(monkeypatch)
     for a, b in zip(fast, grads(), strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_public_api_with_the_first_pass_in_the_checks_matches_eager_and_oracle(
+    small_fused, monkeypatch, bounds, p, dtype
+):
+    x, delta, eps = _problem(13, 5, *bounds, p, dtype)
+    eta = car_attacks.clipping_aware_rescaling(x, delta, eps, p=p, bounds=bounds)
+    _eager(monkeypatch)
+    ref = car_attacks.clipping_aware_rescaling(x, delta, eps, p=p, bounds=bounds)
+    rtol = 2e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(eta.numpy(), ref.numpy(), rtol=rtol, atol=0)
+    x64, d64, e64 = (t.double().numpy() for t in (x, delta, eps))
+    oracle = bisection_eta(x64, d64, e64, p, *bounds).reshape(-1)
+    np.testing.assert_allclose(eta.double().numpy().reshape(-1), oracle, rtol=10 * rtol, atol=0)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_checked_first_pass_matches_a_float64_reference(small_fused, p):
+    x, delta, eps = _problem(14, 4, -1.5, 2.25, p, torch.float32)
+    stats = fused.checked_first_pass(
+        x, delta, eps, p=p, lo=-1.5, hi=2.25, below=-1.5 - 1e-5, above=2.25 + 1e-5
+    )
+    assert stats.clean
+    x64, d64 = (t.double().reshape(4, -1) for t in (x, delta))
+    room = torch.where(d64 >= 0, 2.25 - x64, x64 + 1.5).clamp_min(0.0) * (d64 != 0)
+    if p == math.inf:
+        assert isinstance(stats.first, fused.LinfPass)
+        np.testing.assert_allclose(stats.first.reach[:, 0], room.amax(dim=1), rtol=1e-6)
+        keep = room >= eps.double().reshape(-1, 1)
+        fastest = torch.where(keep, d64.abs(), 0.0).amax(dim=1)
+        np.testing.assert_allclose(stats.first.fastest[:, 0], fastest, rtol=1e-7)
+        return
+    assert isinstance(stats.first, fused.FirstSums) and stats.span is not None
+    power = d64.abs() ** p
+    np.testing.assert_allclose(stats.first.slope[:, 0], (power * (room > 0)).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(stats.first.reach[:, 0], (room**p).sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(stats.span.largest, d64.abs().amax(1).float())
+    smallest = torch.where(d64 != 0, d64.abs(), math.inf).amin(1).float()
+    np.testing.assert_array_equal(stats.span.smallest, smallest)
+
+
+@pytest.mark.parametrize("p", [1.0, math.inf])
+@pytest.mark.parametrize("where", ["nan_x", "inf_delta", "outside", "eps_and_x", "eps"])
+def test_checks_fused_with_the_first_pass_reject_bad_input_in_order(small_fused, p, where):
+    x, delta, eps = _problem(15, 3, 0.0, 1.0, p, torch.float32)
+    if where in ("nan_x", "eps_and_x"):
+        x[1, 0, 5, 5], match = math.nan, "x contains 1 non-finite"
+    elif where == "inf_delta":
+        delta[2, 1, 0, 0], match = -math.inf, "delta contains 1 non-finite"
+    elif where == "outside":
+        x[0, 2, 3, 3], match = -0.5, "x has values outside the bounds"
+    if where in ("eps_and_x", "eps"):
+        eps[1] = -1.0
+        match = match if where == "eps_and_x" else "eps must be >= 0"
+    with pytest.raises(ValueError, match=match):
+        car_attacks.clipping_aware_rescaling(x, delta, eps, p=p)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_the_next_breakpoint_ends_newton_a_pass_early_at_the_same_eta(small_fused, monkeypatch, p):
+    g = torch.Generator().manual_seed(16)
+    x = torch.rand((4, 3, 32, 32), generator=g)
+    delta = torch.randn((4, 3, 32, 32), generator=g)
+    room = torch.where(delta >= 0, 1 - x, x).reshape(4, -1)
+    eps = 0.5 * (room**p).sum(1) ** (1 / p)  # half the reachable norm: many breakpoints
+    eta, info = _solve(x, delta, eps, p, (0.0, 1.0))
+    monkeypatch.setattr(fused, "NEXT_BREAKPOINT_STEP", -1.0)  # never looks for it
+    eta_plain, info_plain = _solve(x, delta, eps, p, (0.0, 1.0))
+    assert info.iterations == info_plain.iterations - 1
+    np.testing.assert_allclose(eta.numpy(), eta_plain.numpy(), rtol=1e-6, atol=0)
+    _eager(monkeypatch)
+    eta_eager, info_eager = _solve(x, delta, eps, p, (0.0, 1.0))
+    assert info_eager.iterations == info_plain.iterations
+    np.testing.assert_allclose(eta.numpy(), eta_eager.numpy(), rtol=2e-6, atol=0)
+    oracle = bisection_eta(*(t.double().numpy() for t in (x, delta, eps)), p, 0.0, 1.0)
+    np.testing.assert_allclose(eta.double().numpy(), oracle.reshape(-1), rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_a_sample_does_not_depend_on_the_batch_when_newton_ends_early(small_fused, p):
+    g = torch.Generator().manual_seed(17)
+    x = torch.rand((6, 3, 32, 32), generator=g)
+    delta = torch.randn((6, 3, 32, 32), generator=g)
+    delta[5] *= 1e-3  # another scale: its steps shrink at other iterations
+    room = torch.where(delta >= 0, 1 - x, x).reshape(6, -1)
+    eps = (0.2 + 0.6 * torch.rand(6, generator=g)) * (room**p).sum(1) ** (1 / p)
+    eta, _ = _solve(x, delta, eps, p, (0.0, 1.0))
+    for order in ([5], [0, 3], [4, 1, 2]):
+        part, _ = _solve(x[order], delta[order], eps[order], p, (0.0, 1.0))
+        assert torch.equal(part, eta[order])

@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Literal, ParamSpec
 
 import eagerpy as ep
+import torch
 
 from . import fused
 from .solvers import (
@@ -122,7 +122,9 @@ def clipping_aware_rescaling(
             to the bounds) or is below the smallest normal number though not 0.
     """
     (x_, delta_), restore = as_tensors(x=x, delta=delta)
-    args = check_arguments(x_, delta_, eps, p, bounds, ("x", "delta"))
+    args = check_arguments(
+        x_, delta_, eps, p, bounds, ("x", "delta"), first_pass=method == "newton"
+    )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
     if not bisection_rtol > 0:
@@ -131,17 +133,21 @@ def clipping_aware_rescaling(
         raise ValueError(
             f"bisection_max_steps must be >= 1, got bisection_max_steps={bisection_max_steps!r}"
         )
-    problem = RescalingProblem(
-        x=args.x, delta=args.other, eps=args.eps, p=args.p, lo=args.lo, hi=args.hi
+    problem = RescalingProblem(  # with the first pass of the solve where the checks ran it
+        x=args.x,
+        delta=args.other,
+        eps=args.eps,
+        p=args.p,
+        lo=args.lo,
+        hi=args.hi,
+        first=None if args.stats is None else args.stats.first,
     )
     general_p = problem.p not in (1.0, 2.0, math.inf)
     too_wide = problem.p in (1.0, 2.0) and needs_float64(
         args.other, args.eps, args.lo, args.hi, span=None if args.stats is None else args.stats.span
     )
     if general_p or too_wide:
-        problem = problem.float64()
-    elif args.stats is not None:  # the checks found max |delta|: the solve need not
-        problem = replace(problem, delta_max=ep.astensor(args.stats.span.largest))
+        problem = problem.float64()  # (without the first pass)
     eta, _ = _solve(problem, method, bisection_rtol, bisection_max_steps)
     if general_p and method in ("newton", "sort"):
         eta = verified(problem, eta)
@@ -196,8 +202,6 @@ def needs_float64(
     largest and smallest non-zero ``|delta_i|`` per sample, where the fused checks found them."""
     if dtype_name(delta) == "float64":
         return False
-    if ep.logical_and(eps > 0, eps < 1 / FLOAT32_RANGE).any().item():
-        return True
     width = hi - lo
     widest = width if isinstance(width, float) else float(width.max().item())
     if widest > FLOAT32_RANGE:
@@ -205,6 +209,11 @@ def needs_float64(
     # some non-zero |delta_i| below max |delta| / FLOAT32_RANGE (or, times widest, below
     # max |delta| / FLOAT32_RANGE^1.5), without dividing
     factor = max(1 / FLOAT32_RANGE, widest / FLOAT32_RANGE**1.5)
+    if span is not None and isinstance(eps.raw, torch.Tensor):  # one test, one sync
+        tiny_eps = (eps.raw > 0) & (eps.raw < 1 / FLOAT32_RANGE)
+        return bool((tiny_eps | (span.smallest < span.largest * factor)).any())
+    if ep.logical_and(eps > 0, eps < 1 / FLOAT32_RANGE).any().item():
+        return True
     if span is not None:
         return bool((span.smallest < span.largest * factor).any())
     size = flatten_batch(delta).abs()
@@ -271,6 +280,9 @@ def _check_representable(eta: ep.Tensor, problem: RescalingProblem) -> None:
     normal number although the answer is not 0 (``eps > 0`` and a reachable norm > 0)."""
     tiny, largest = dtype_limits(eta)
     flat = eta.reshape((-1,))
+    # one test (one sync) for the usual case: every eta finite and normal or 0
+    if not ep.logical_or(flat >= largest, flat < tiny).any().item():
+        return
     wrong = ep.isinf(flat)
     if wrong.any().item():
         advice = "delta is too small for eps and the room to the bounds; scale delta up"

@@ -64,8 +64,9 @@ class RescalingProblem:
     p: float
     lo: Bound
     hi: Bound
-    delta_max: ep.Tensor | None = None
-    """``max_i |delta_i|`` per sample ``(N,)``, where the input checks already found it."""
+    first: fused.FirstPass | None = None
+    """The first fused pass of the solve, where the input checks already ran it (with these
+    inputs: a copy in another dtype drops it)."""
 
     def detached(self) -> RescalingProblem:
         """The same problem without autograd history."""
@@ -152,7 +153,7 @@ def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | No
         lo=lo,
         hi=hi,
         max_iter=NEWTON_MAX_ITER,
-        delta_max=None if problem.delta_max is None else problem.delta_max.raw,
+        first=problem.first if isinstance(problem.first, fused.FirstSums) else None,
     )
     if not run.finished:
         return None
@@ -356,7 +357,9 @@ def linf_eta(problem: RescalingProblem) -> ep.Tensor:
         problem.x, problem.delta, problem.eps, problem.lo, problem.hi
     ):
         x, delta, eps = problem.x.raw, problem.delta.raw, problem.eps.raw
-        return ep.astensor(fused.linf_eta_fused(x, delta, eps, lo=bounds[0], hi=bounds[1]))
+        first = problem.first if isinstance(problem.first, fused.LinfPass) else None
+        eta = fused.linf_eta_fused(x, delta, eps, lo=bounds[0], hi=bounds[1], first=first)
+        return ep.astensor(eta)
     room = problem.room()
     d = flatten_batch(problem.delta).abs()
     reach = (room * d.sign()).max(axis=1)

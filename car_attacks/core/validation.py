@@ -55,13 +55,17 @@ def check_arguments(
     names: tuple[str, str],
     *,
     difference: bool = False,
+    first_pass: bool = False,
 ) -> CheckedArguments:
     """Check ``p``, the batches ``x`` and ``other`` (named ``names``), the bounds, ``x`` inside
     them, and ``eps``, in that order; return them in the compute dtype of ``x`` (with the span
-    of ``other``, or of ``other - x`` if ``difference``, where the fused checks ran)."""
+    of ``other``, or of ``other - x`` if ``difference``, where the fused checks ran, and with
+    ``first_pass`` the first pass of the rescaling solve for p = 1, 2 or inf, ``other`` being
+    ``delta``: see :func:`~car_attacks.core.fused.checked_first_pass`)."""
     name_x, name_other = names
     p_ = parse_p(p)
-    stats = _fused_stats(x, other, bounds, difference)
+    solve_p = p_ if first_pass and not difference else None
+    stats, eps_ = _fused_stats(x, other, eps, bounds, difference, solve_p)
     if stats is None:  # the checks one by one, raising the first that fails
         check_batch(x, name_x)
         check_batch(other, name_other)
@@ -71,34 +75,52 @@ def check_arguments(
     lo, hi = as_bounds(bounds, xc)
     if stats is None:
         check_in_bounds(xc, lo, hi, name_x)
-    return CheckedArguments(x=xc, other=oc, lo=lo, hi=hi, eps=as_eps(eps, xc), p=p_, stats=stats)
+    if eps_ is None:
+        eps_ = as_eps(eps, xc)
+    return CheckedArguments(x=xc, other=oc, lo=lo, hi=hi, eps=eps_, p=p_, stats=stats)
 
 
 def _fused_stats(
-    x: ep.Tensor, other: ep.Tensor, bounds: Any, difference: bool
-) -> fused.InputStats | None:
+    x: ep.Tensor,
+    other: ep.Tensor,
+    eps: Any,
+    bounds: Any,
+    difference: bool,
+    solve_p: float | None,
+) -> tuple[fused.InputStats | None, ep.Tensor | None]:
     """The finiteness and in-bounds checks (and the spans :func:`needs_float64
     <car_attacks.core.rescaling.needs_float64>` uses) in one fused pass, where it applies
     (PyTorch float32/float64 batches of one shape, float bounds) and every value passes;
-    else ``None`` (the caller runs the checks one by one)."""
+    else ``None`` (the caller runs the checks one by one). For ``solve_p`` of 1, 2 or inf the
+    pass is also the first of the rescaling solve, and ``eps`` is checked before it (and
+    returned); a bad ``eps`` leaves every check to the caller, which raises in order."""
     if not (isinstance(x, ep.PyTorchTensor) and isinstance(other, ep.PyTorchTensor)):
-        return None
+        return None, None
     try:
         lo_raw, hi_raw = bounds
     except (TypeError, ValueError):
-        return None
+        return None, None
     if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in (lo_raw, hi_raw)):
-        return None
+        return None, None
     lo, hi = _as_float(lo_raw), _as_float(hi_raw)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and x.ndim >= 1):
-        return None
+        return None, None
     if tuple(x.shape) != tuple(other.shape) or x.shape[0] < 1:
-        return None
+        return None, None
     if not fused.fusable(x.raw, other.raw, lo, hi):
-        return None
+        return None, None
     tol = (hi - lo) * BOUNDS_TOLERANCE
+    if solve_p in (1.0, 2.0, math.inf):
+        try:
+            eps_ = as_eps(eps, x)
+        except ValueError:
+            return None, None
+        stats = fused.checked_first_pass(
+            x.raw, other.raw, eps_.raw, p=solve_p, lo=lo, hi=hi, below=lo - tol, above=hi + tol
+        )
+        return (stats, eps_) if stats.clean else (None, None)
     stats = fused.input_stats(x.raw, other.raw, lo - tol, hi + tol, difference=difference)
-    return stats if stats.clean else None
+    return (stats, None) if stats.clean else (None, None)
 
 
 def parse_p(p: Any) -> float:
