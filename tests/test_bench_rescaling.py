@@ -20,7 +20,7 @@ from car_attacks.benchmarks.paper_car import (
 )
 from car_attacks.benchmarks.rescaling_cases import QUICK_SIZES, achieved_rel_errors
 from car_attacks.benchmarks.rescaling_methods import EXACT_METHODS, PAPER, VENDORED
-from car_attacks.benchmarks.rescaling_timing import main
+from car_attacks.benchmarks.rescaling_timing import main, time_calls
 
 # ------------------------------------------------------------------ memory tracker
 
@@ -183,3 +183,12 @@ def test_quick_errors_and_stats(quick_result: dict[str, Any]) -> None:
         if r["method"] == "newton":
             assert r["ratio_vs_newton"] == pytest.approx(1.0)
             assert r["peak_extra_mem"] is not None and r["peak_extra_mem"] > 0
+
+
+def test_every_timed_call_follows_an_untimed_call_of_the_same_function() -> None:
+    """Equal cache state: the round-robin never times a function right after another one."""
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = time_calls(fns, repeats=2, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2}
+    assert calls == ["a", "b", "c"] + ["a", "a", "b", "b", "c", "c"] * 2
