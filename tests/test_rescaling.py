@@ -805,3 +805,31 @@ def test_l2_agrees_with_foolbox(bounds, frac, dtype):
     assert ours.shape == theirs.shape
     rtol = 1e-9 if dtype == "float64" else 1e-4
     np.testing.assert_allclose(as64(ours), as64(theirs), rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_hot_path_solves_half_precision_in_float32(dtype: torch.dtype, p: float) -> None:
+    """``solve_eta`` (what the attacks call) on half-precision ImageNet-sized inputs: the
+    sums exceed float16's range (65,504), so it solves in float32 like the public API and
+    returns ``eta`` in the input's dtype, equal to the float32 solve rounded to it."""
+    from car_attacks.core.rescaling import solve_eta
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 224, 224, generator=gen).to(dtype)
+    delta = torch.randn(2, 3, 224, 224, generator=gen).to(dtype)
+    eps = torch.tensor([10.0, 40.0])  # L1 eta ~1e-4: normal in float16 (from 6.1e-5)
+    eta = solve_eta(
+        ep.astensor(x), ep.astensor(delta), ep.astensor(eps.to(dtype)), p=p, lo=0.0, hi=1.0
+    ).raw
+    assert eta.dtype == dtype
+    ref = solve_eta(
+        ep.astensor(x.float()), ep.astensor(delta.float()), ep.astensor(eps), p=p, lo=0.0, hi=1.0
+    ).raw
+    assert torch.equal(eta, ref.to(dtype))
+    reached = (x.double() + eta.double().view(-1, 1, 1, 1) * delta.double()).clamp(0, 1)
+    norms = (reached - x.double()).flatten(1).norm(p=p, dim=1)
+    reachable = 1.0 if p == math.inf else math.inf  # L-inf: eps 10 is past the box
+    expected = torch.minimum(eps.double(), torch.tensor(reachable, dtype=torch.float64))
+    rel = 2.0 ** -(7 if dtype == torch.bfloat16 else 10)  # eta's rounding to the dtype
+    assert torch.allclose(norms, expected, rtol=2 * rel)

@@ -59,6 +59,7 @@ from .tensors import (
     Bound,
     batch_view,
     compute_dtype,
+    compute_dtype_bound,
     dtype_limits,
     dtype_name,
     flatten_batch,
@@ -234,9 +235,23 @@ def solve_eta_with_info(
     bisection_max_steps: int = BISECTION_MAX_STEPS,
 ) -> tuple[ep.Tensor, SolveInfo]:
     """The CAR scale ``eta`` of shape ``(N,)`` on EagerPy tensors, without input checks
-    (``eps`` has shape ``(N,)``), and what the solve did (iterations, fallback samples)."""
-    problem = RescalingProblem(x=x, delta=delta, eps=eps, p=p, lo=lo, hi=hi)
-    return _solve(problem, method, bisection_rtol, bisection_max_steps)
+    (``eps`` has shape ``(N,)``), and what the solve did (iterations, fallback samples).
+
+    Half precision (float16, bfloat16) is solved in float32, as by
+    :func:`clipping_aware_rescaling` (its sums overflow: 150,528 values of an ImageNet
+    image sum past float16's 65,504), and ``eta`` is returned in the dtype of ``x`` (where
+    it falls below float16's smallest normal number, 6.1e-5, it keeps fewer digits)."""
+    x_c = compute_dtype(x)
+    problem = RescalingProblem(
+        x=x_c,
+        delta=compute_dtype(delta),
+        eps=compute_dtype(eps),
+        p=p,
+        lo=compute_dtype_bound(lo),
+        hi=compute_dtype_bound(hi),
+    )
+    eta, info = _solve(problem, method, bisection_rtol, bisection_max_steps)
+    return (eta if x_c is x else eta.astype(x.dtype)), info
 
 
 def _solve(

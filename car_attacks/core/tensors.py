@@ -136,6 +136,12 @@ def float64_bound(bound: Bound) -> Bound:
     return bound if isinstance(bound, float) else bound.float64()
 
 
+def compute_dtype_bound(bound: Bound) -> Bound:
+    """A float bound unchanged, a tensor bound in the dtype the maths runs in
+    (:func:`compute_dtype`)."""
+    return bound if isinstance(bound, float) else compute_dtype(bound)
+
+
 def detached_bound(bound: Bound) -> Bound:
     """A float bound unchanged, a tensor bound without its autograd history."""
     return bound if isinstance(bound, float) else stop_gradient(bound)
