@@ -14,7 +14,7 @@ import torch
 from oracles import as64, dykstra_projection
 
 import car_attacks
-from car_attacks.core.l1_threshold import _newton, l1_threshold, l1_threshold_sort
+from car_attacks.core.l1_threshold import EagerProblem, _newton, l1_threshold, l1_threshold_sort
 
 
 def h_of(lam: np.ndarray, a: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -79,10 +79,14 @@ def test_image_sizes_finish_without_the_fallback(n, dtype):
     a, r = np.abs(w), np.where(w > 0, 1.0 - x0, x0)
     eps = np.minimum(a, r).sum(axis=1) * np.array([0.05, 0.3])
     size, room, eps_t = to_torch(a, r, eps, dtype=dtype)
-    lam, done = _newton(size, room, eps_t.reshape((-1, 1)), 12)
-    assert bool(done.all().item())
+    problem, eps_col = EagerProblem(size, room), eps_t.reshape((-1, 1))
+    outcome = _newton(problem, eps_col, *problem.start(eps_col), 12)
+    assert bool(outcome.done.all().item())
     tol = 1e-5 if dtype == torch.float32 else 1e-11
-    np.testing.assert_allclose(h_of(as64(lam.raw), a, r), eps, rtol=tol)
+    np.testing.assert_allclose(h_of(as64(outcome.lam.raw), a, r), eps, rtol=tol)
+    np.testing.assert_allclose(
+        h_of(as64(outcome.lam.raw), a, r), as64(outcome.h.raw)[:, 0], rtol=tol
+    )
 
 
 def test_float32_agrees_with_float64():

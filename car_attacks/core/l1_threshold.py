@@ -7,23 +7,245 @@ with the right derivative ``-#{i : a_i - r_i <= lam < a_i}``, safeguarded by
 bisection inside the bracket ``h(lo) > eps >= h(hi)``, stops exactly once a Newton
 step crosses no breakpoint: the active and saturated sets at both ends agree and
 ``lam`` is the root of that segment,
-``lam = (sum_saturated r + sum_active a - eps) / |active|``. It starts from the sort
-solve on a strided subsample (``n / 16`` coordinates), typically 3-8 steps before the end
-(the structure of the CAR Newton solver, :mod:`~car_attacks.core.solvers`; cf. the
-Newton-type methods for the continuous quadratic knapsack, Cominetti, Mascarenhas
-and Silva, Math. Prog. Comp. 2014). Samples still moving after
-:data:`L1_NEWTON_MAX_ITER` steps are solved by sorting the breakpoints.
+``lam = (sum_saturated r + sum_active a - eps) / |active|``. It starts from the same
+Newton solve on a strided subsample (every :data:`L1_ESTIMATE_STRIDE`-th coordinate,
+recursively), typically 3-8 steps before the end (the structure of the CAR Newton
+solver, :mod:`~car_attacks.core.solvers`; cf. the Newton-type methods for the continuous
+quadratic knapsack, Cominetti, Mascarenhas and Silva, Math. Prog. Comp. 2014). Samples
+still moving after :data:`L1_NEWTON_MAX_ITER` steps are solved by sorting the breakpoints.
+
+Each step needs ``h(lam)`` and the two counts ``#{a_i > lam}``, ``#{a_i - r_i > lam}``
+per sample, from a :class:`ThresholdProblem`: :class:`EagerProblem` evaluates them with
+a few tensor operations (no comparison or select, the slow ones), the fused kernels of
+:mod:`~car_attacks.core.fused_projection` in one pass over ``(x0, z)``.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
 import eagerpy as ep
+
+from .tensors import needs_grad, stop_gradient
 
 L1_NEWTON_MAX_ITER = 32
 """Newton steps before the remaining samples are solved by sorting (2-8 are typical)."""
 
 L1_ESTIMATE_STRIDE = 16
-"""Every how many coordinates the starting ``lam`` is estimated from (a sort on ``n / 16``)."""
+"""Every how many coordinates the starting ``lam`` is estimated from (a solve on ``n / 16``)."""
+
+L1_ESTIMATE_MIN_SIZE = 16384
+"""Coordinates per sample from which the start is estimated (below, the subsample's Newton
+steps cost more than the one or two steps they save; per sample: a sample takes the same
+path in any batch)."""
+
+EXACT_FLOAT32_COUNT = 2**24
+"""Counts up to this are exact as float32 sums of ones (a 24-bit significand)."""
+
+
+@dataclass(frozen=True)
+class Sums:
+    """``h(lam)`` and the counts at one ``lam``, each ``(N, 1)``."""
+
+    h: Any
+    positive: Any
+    """``#{i : a_i > lam}`` (floats, exact: compared, never mixed with other values)."""
+    saturated: Any
+    """``#{i : a_i - r_i > lam}``."""
+    active: Any
+    """``positive - saturated`` in ``lam``'s dtype (minus the slope of ``h``)."""
+    following: Any = None
+    """``min{a_i - r_i : a_i - r_i > lam}`` (inf where none), where the pass computed it."""
+
+
+class NewtonState(NamedTuple):
+    """The safeguarded Newton iteration per sample, each ``(N, 1)`` (EagerPy or PyTorch)."""
+
+    lam: Any
+    lo: Any
+    """The bracket ``h(lo) > eps >= h(hi)`` and the counts at its ends."""
+    hi: Any
+    lo_positive: Any
+    lo_saturated: Any
+    hi_positive: Any
+    hi_saturated: Any
+    positive: Any
+    """The counts at the previous ``lam`` (-1 before the first step)."""
+    saturated: Any
+    was_newton: Any
+    """Whether ``lam`` is a Newton point (then equal counts there prove it exact)."""
+    done: Any
+
+
+def initial_state(first: Sums, largest: Any, eps_col: Any, xp: Any) -> NewtonState:
+    """The state at ``lam = 0`` from its sums ``first`` and ``largest = max a`` (both counts
+    are 0 there); rows with ``h(0) <= eps`` are done at 0. ``xp``: ``eagerpy`` or ``torch``."""
+    lam = first.h * 0
+    unknown = first.positive * 0 - 1
+    done = first.h <= eps_col
+    return NewtonState(
+        lam=lam,
+        lo=lam,
+        hi=largest,
+        lo_positive=first.positive,
+        lo_saturated=first.saturated,
+        hi_positive=first.positive * 0,
+        hi_saturated=first.saturated * 0,
+        positive=unknown,
+        saturated=unknown,
+        was_newton=xp.logical_and(done, xp.logical_not(done)),
+        done=done,
+    )
+
+
+def newton_step(
+    state: NewtonState, sums: Sums, eps_col: Any, following: Any, xp: Any
+) -> tuple[NewtonState, Any, Any]:
+    """One safeguarded Newton step from ``state`` with ``sums`` at ``state.lam``: the next
+    state, ``done`` at ``state.lam`` and the rows where ``h`` is flat above ``eps``.
+
+    The sets {a_i > lam} and {a_i - r_i > lam} (right derivative) only shrink as ``lam``
+    grows, so equal counts at a point and at the Newton point computed from it mean
+    no breakpoint lies between them: ``h`` is linear there and the Newton point is the
+    exact root. ``h`` is not convex (concave kinks at ``a_i - r_i``), so a Newton point
+    outside the bracket ``(lo, hi)`` is replaced by bisection; where ``h`` is flat above
+    ``eps`` (every moving coordinate saturated) the step goes to ``following``, the next
+    breakpoint ``min{a_i - r_i > lam}`` (``None``: no flat row). Written with operators and
+    the functions ``eagerpy`` and ``torch`` share (``xp``), so it also compiles.
+    """
+    lam, lo, hi = state.lam, state.lo, state.hi
+    h, positive, saturated, active = sums.h, sums.positive, sums.saturated, sums.active
+    same = xp.logical_and(positive == state.positive, saturated == state.saturated)
+    exact = xp.logical_or(h == eps_col, xp.logical_and(state.was_newton, same))
+    done = xp.logical_or(state.done, exact)
+    above = h > eps_col
+    flat = xp.logical_and(active == 0, above)
+    lo, hi = xp.where(above, lam, lo), xp.where(above, hi, lam)
+    lo_positive = xp.where(above, positive, state.lo_positive)
+    lo_saturated = xp.where(above, saturated, state.lo_saturated)
+    hi_positive = xp.where(above, state.hi_positive, positive)
+    hi_saturated = xp.where(above, state.hi_saturated, saturated)
+    newton = (lam + (h - eps_col) / active.clip(1.0, math.inf)).clip(0.0, math.inf)
+    # (a step lost to rounding, newton == lam, is exact too: the counts then agree)
+    inside = xp.logical_or(xp.logical_and(newton > lo, newton < hi), newton == lam)
+    was_newton = xp.logical_and(active > 0, inside)
+    mid = (lo + hi) / 2
+    new = xp.where(was_newton, newton, mid)
+    if following is not None:
+        new = xp.where(flat, xp.minimum(following, hi), new)
+    # no breakpoint inside the bracket (equal counts at its ends): the root is the
+    # segment's, the Newton point (clipped: float sums of h are noisy at ulp scale);
+    # a bracket one ulp wide (rounding near a breakpoint): ``hi`` is exact to rounding
+    one_segment = xp.logical_and(
+        xp.logical_and(lo_positive == hi_positive, lo_saturated == hi_saturated), active > 0
+    )
+    tight = xp.logical_and(xp.logical_not(was_newton), xp.logical_or(mid <= lo, mid >= hi))
+    settle = xp.logical_or(one_segment, tight)
+    settled = xp.where(one_segment, xp.minimum(xp.maximum(newton, lo), hi), hi)
+    following_state = NewtonState(
+        lam=xp.where(done, lam, xp.where(settle, settled, new)),
+        lo=lo,
+        hi=hi,
+        lo_positive=lo_positive,
+        lo_saturated=lo_saturated,
+        hi_positive=hi_positive,
+        hi_saturated=hi_saturated,
+        positive=positive,
+        saturated=saturated,
+        was_newton=was_newton,
+        done=xp.logical_or(done, settle),
+    )
+    return following_state, done, flat
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where Newton ended, each ``(N, 1)``."""
+
+    lam: ep.Tensor
+    done: ep.Tensor
+    """Where ``lam`` is exact."""
+    h: ep.Tensor
+    """``h(lam)`` (as the last pass summed it)."""
+
+
+class ThresholdProblem(Protocol):
+    """``h`` and its counts for ``N`` samples of ``n`` coordinates."""
+
+    @property
+    def n(self) -> int: ...
+
+    def start(self, eps_col: ep.Tensor) -> tuple[NewtonState, Sums]:
+        """The state at ``lam = 0`` and the sums there."""
+        ...
+
+    def step(
+        self, state: NewtonState, eps_col: ep.Tensor, sums: Sums | None
+    ) -> tuple[NewtonState, ep.Tensor, ep.Tensor, ep.Tensor]:
+        """:func:`newton_step` at ``state.lam`` (``sums``: already known there): the next
+        state, ``done`` and ``h`` at ``state.lam``, and whether every row is done."""
+        ...
+
+    def subsample(self, stride: int) -> ThresholdProblem:
+        """The problem on every ``stride``-th coordinate."""
+        ...
+
+    def parts(self) -> tuple[ep.Tensor, ep.Tensor]:
+        """``(a, r)``, both ``(N, n)`` (for the sort fallback)."""
+        ...
+
+
+class EagerProblem:
+    """:class:`ThresholdProblem` on the tensors ``a`` and ``r`` (no autograd history)."""
+
+    def __init__(self, size: ep.Tensor, room: ep.Tensor) -> None:
+        self.size, self.room = size, room
+        self.start_points = size - room
+        """``a - r``: where a coordinate leaves saturation."""
+
+    @property
+    def n(self) -> int:
+        return int(self.size.shape[1])
+
+    def sums(self, lam: ep.Tensor) -> Sums:
+        """``h = sum min((a - lam)_+, r)`` and the counts, as signs of differences
+        (``fl(u - v) > 0`` exactly when ``u > v``; comparisons and selects are slower)."""
+        t = self.size - lam
+        h = ep.minimum(t.clip(0.0, math.inf), self.room).sum(axis=1, keepdims=True)
+        positive, saturated = self._count(t), self._count(self.start_points - lam)
+        active = (positive - saturated).astype(lam.dtype)
+        return Sums(h=h, positive=positive, saturated=saturated, active=active)
+
+    def _count(self, difference: ep.Tensor) -> ep.Tensor:
+        """``#{i : difference_i > 0}`` per row, exact (float64 sums past float32's range)."""
+        ones = difference.sign().clip(0.0, 1.0)
+        if self.n >= EXACT_FLOAT32_COUNT:
+            ones = ones.float64()
+        return ones.sum(axis=1, keepdims=True)
+
+    def start(self, eps_col: ep.Tensor) -> tuple[NewtonState, Sums]:
+        first = self.sums(ep.zeros_like(eps_col))
+        return initial_state(first, self.size.max(axis=1, keepdims=True), eps_col, ep), first
+
+    def step(
+        self, state: NewtonState, eps_col: ep.Tensor, sums: Sums | None
+    ) -> tuple[NewtonState, ep.Tensor, ep.Tensor, ep.Tensor]:
+        lam = state.lam
+        sums = self.sums(lam) if sums is None else sums
+        following = sums.following
+        if following is None and ep.logical_and(sums.active == 0, sums.h > eps_col).any().item():
+            starts = self.start_points
+            following = ep.where(starts > lam, starts, math.inf).min(axis=1, keepdims=True)
+        new, done, _ = newton_step(state, sums, eps_col, following, ep)
+        return new, done, sums.h, done.all()
+
+    def subsample(self, stride: int) -> EagerProblem:
+        return EagerProblem(self.size[:, ::stride], self.room[:, ::stride])
+
+    def parts(self) -> tuple[ep.Tensor, ep.Tensor]:
+        return self.size, self.room
 
 
 def l1_threshold(size: ep.Tensor, room: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
@@ -32,88 +254,78 @@ def l1_threshold(size: ep.Tensor, room: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:
     Safeguarded Newton on ``h`` (see the module docstring); ``size`` is ``a``, ``room``
     is ``r`` (both ``(N, n)``, non-negative), ``eps`` is ``(N,)``. Each sample is
     solved on its own; rows with ``h(0) <= eps`` give ``lam = 0`` (callers mask them).
-    Differentiable like the sort solve: the last step is the segment's closed form.
+    Differentiable like the sort solve (the gradient of the segment's closed form).
     """
-    lam, done = _newton(size, room, eps.reshape((-1, 1)), L1_NEWTON_MAX_ITER)
-    if done.all().item():
+    eps_col = eps.reshape((-1, 1))
+    problem = EagerProblem(stop_gradient(size), stop_gradient(room))
+    fixed_eps = stop_gradient(eps_col)
+    lam = solve_threshold(problem, fixed_eps, *problem.start(fixed_eps)).lam
+    return with_gradient(lam, size, room, eps_col)
+
+
+def solve_threshold(
+    problem: ThresholdProblem, eps_col: ep.Tensor, state: NewtonState, first: Sums
+) -> Outcome:
+    """Newton from ``state`` (at ``lam = 0``, with the sums ``first`` there), the sort solve
+    for samples Newton has not finished (their ``h`` recomputed)."""
+    outcome = _newton(problem, eps_col, state, first, L1_NEWTON_MAX_ITER)
+    if outcome.done.all().item():
+        return outcome
+    size, room = problem.parts()
+    lam = ep.where(outcome.done, outcome.lam, l1_threshold_sort(size, room, eps_col.reshape((-1,))))
+    h = ep.minimum((size - lam).clip(0.0, math.inf), room).sum(axis=1, keepdims=True)
+    return Outcome(lam=lam, done=outcome.done, h=ep.where(outcome.done, outcome.h, h))
+
+
+def with_gradient(
+    lam: ep.Tensor, size: ep.Tensor, room: ep.Tensor, eps_col: ep.Tensor
+) -> ep.Tensor:
+    """``lam`` with the gradient of the segment's closed form
+    ``(sum_saturated r + sum_active a - eps) / |active|`` (sets at ``lam``), if one is needed;
+    the value stays ``lam``."""
+    if not needs_grad(size, room, eps_col):
         return lam
-    return ep.where(done, lam, l1_threshold_sort(size, room, eps))
+    fixed = stop_gradient(lam)
+    saturated = size - room > fixed
+    active = ep.logical_and(ep.logical_not(saturated), size > fixed)
+    n_active = active.astype(size.dtype).sum(axis=1, keepdims=True)
+    total = (ep.where(saturated, room, 0.0) + ep.where(active, size, 0.0)).sum(
+        axis=1, keepdims=True
+    )
+    closed = (total - eps_col) / ep.where(n_active > 0, n_active, 1.0)
+    closed = ep.where(n_active > 0, closed, fixed)
+    return fixed + (closed - stop_gradient(closed))
 
 
 def _newton(
-    size: ep.Tensor, room: ep.Tensor, eps_col: ep.Tensor, max_iter: int
-) -> tuple[ep.Tensor, ep.Tensor]:
-    """``(lam, done)``, both ``(N, 1)``: safeguarded Newton iterates and where they are exact.
-
-    The sets {a_i > lam} and {a_i - r_i > lam} (right derivative) only shrink as ``lam``
-    grows, so equal counts at a point and at the Newton point computed from it mean
-    no breakpoint lies between them: ``h`` is linear there and the Newton point is the
-    exact root. ``h`` is not convex (concave kinks at ``a_i - r_i``), so a Newton point
-    outside the bracket ``(lo, hi)`` (``h(lo) > eps >= h(hi)``) is replaced by bisection.
-    """
-    lo = ep.zeros_like(eps_col)
-    hi = size.max(axis=1, keepdims=True)
-    zero_count = (size < 0).sum(axis=1, keepdims=True)  # integer zeros, the counts' type
-    count_lo, count_hi = (zero_count - 1, zero_count - 1), (zero_count, zero_count)
-    lam = _estimate(size, room, eps_col)
-    start = size - room  # where a coordinate leaves saturation; compared, never recomputed
-    counts: tuple[ep.Tensor, ep.Tensor] | None = None
-    was_newton = eps_col != eps_col  # all False (eps is never NaN here)
-    done = was_newton
+    problem: ThresholdProblem, eps_col: ep.Tensor, state: NewtonState, first: Sums, max_iter: int
+) -> Outcome:
+    """Up to ``max_iter`` steps of :func:`newton_step` from ``state`` (at ``lam = 0``, sums
+    ``first``), from the estimate where the problem is large enough."""
+    estimate = _estimate(problem, eps_col)
+    sums: Sums | None = first
+    if estimate is not None:
+        state = state._replace(lam=ep.where(state.done, state.lam, estimate))
+        sums = None
     for step in range(max_iter + 1):
-        t = size - lam
-        is_saturated = start > lam
-        positive = (t > 0).sum(axis=1, keepdims=True)
-        saturated = is_saturated.sum(axis=1, keepdims=True)
-        # a where, not a minimum: no gradient to r_i = 0 from a tie with (a_i - lam)_+ = 0
-        h = ep.where(is_saturated, room, ep.maximum(t, 0.0)).sum(axis=1, keepdims=True)
-        # lam = 0 with h(0) <= eps: nothing to threshold (the callers mask these rows)
-        exact = ep.logical_or(h == eps_col, ep.logical_and(lam == 0, h < eps_col))
-        if counts is not None:
-            same = ep.logical_and(positive == counts[0], saturated == counts[1])
-            exact = ep.logical_or(exact, ep.logical_and(was_newton, same))
-        done = ep.logical_or(done, exact)
-        if step == max_iter or done.all().item():
+        lam = state.lam
+        state, done, h, finished = problem.step(state, eps_col, sums)
+        sums = None
+        if step == max_iter or finished.item():
             break
-        counts = (positive, saturated)
-        above = h > eps_col
-        lo, hi = ep.where(above, lam, lo), ep.where(above, hi, lam)
-        count_lo = (ep.where(above, positive, count_lo[0]), ep.where(above, saturated, count_lo[1]))
-        count_hi = (ep.where(above, count_hi[0], positive), ep.where(above, count_hi[1], saturated))
-        n_active = (positive - saturated).astype(lam.dtype)
-        newton = ep.maximum(lam + (h - eps_col) / ep.where(n_active > 0, n_active, 1.0), 0.0)
-        # (a step lost to rounding, newton == lam, is exact too: the counts then agree)
-        forward = ep.logical_or(newton > lo, ep.logical_or(newton == lam, newton == 0))
-        was_newton = ep.logical_and(n_active > 0, ep.logical_and(forward, newton < hi))
-        new = ep.where(was_newton, newton, (lo + hi) / 2)
-        # flat above eps (every moving coordinate saturated): go to the next breakpoint
-        flat = ep.logical_and(n_active == 0, above)
-        if flat.any().item():
-            following = ep.where(is_saturated, start, hi).min(axis=1, keepdims=True)
-            new = ep.where(flat, following, new)
-        # no breakpoint inside the bracket (equal counts at its ends): the root is the
-        # segment's, the Newton point (clipped: float sums of h are noisy at ulp scale);
-        # a bracket one ulp wide (rounding near a breakpoint): ``hi`` is exact to rounding
-        mid = (lo + hi) / 2
-        one_segment = ep.logical_and(
-            ep.logical_and(count_lo[0] == count_hi[0], count_lo[1] == count_hi[1]), n_active > 0
-        )
-        tight = ep.logical_and(ep.logical_not(was_newton), ep.logical_or(mid <= lo, mid >= hi))
-        settled = ep.where(one_segment, ep.minimum(ep.maximum(newton, lo), hi), hi)
-        lam = ep.where(done, lam, ep.where(ep.logical_or(one_segment, tight), settled, new))
-        done = ep.logical_or(done, ep.logical_or(one_segment, tight))
-    return lam, done
+    return Outcome(lam=lam, done=done, h=h)
 
 
-def _estimate(size: ep.Tensor, room: ep.Tensor, eps_col: ep.Tensor) -> ep.Tensor:
-    """A starting ``lam``: the sort solve on every :data:`L1_ESTIMATE_STRIDE`-th coordinate
-    with ``eps`` scaled by the share of coordinates kept (per sample, deterministic)."""
-    n = size.shape[1]
-    if n < 2 * L1_ESTIMATE_STRIDE:
-        return ep.zeros_like(eps_col)
-    kept = size[:, ::L1_ESTIMATE_STRIDE]
-    share = kept.shape[1] / n
-    return l1_threshold_sort(kept, room[:, ::L1_ESTIMATE_STRIDE], eps_col.reshape((-1,)) * share)
+def _estimate(problem: ThresholdProblem, eps_col: ep.Tensor) -> ep.Tensor | None:
+    """A starting ``lam``: the Newton solve on every :data:`L1_ESTIMATE_STRIDE`-th coordinate
+    with ``eps`` scaled by the share of coordinates kept (per sample, deterministic); ``None``
+    below :data:`L1_ESTIMATE_MIN_SIZE` coordinates (start at 0)."""
+    n = problem.n
+    if n < L1_ESTIMATE_MIN_SIZE:
+        return None
+    sub = problem.subsample(L1_ESTIMATE_STRIDE)
+    eps_sub = eps_col * (sub.n / n)
+    return _newton(sub, eps_sub, *sub.start(eps_sub), L1_NEWTON_MAX_ITER).lam
 
 
 def l1_threshold_sort(size: ep.Tensor, room: ep.Tensor, eps: ep.Tensor) -> ep.Tensor:

@@ -22,6 +22,8 @@ from typing import Any
 
 import eagerpy as ep
 
+from . import fused_projection
+from .l1_threshold import EagerProblem, solve_threshold, with_gradient
 from .l1_threshold import l1_threshold as l1_threshold
 from .rescaling import needs_float64, solve_eta
 from .tensors import (
@@ -34,6 +36,7 @@ from .tensors import (
     is_floating,
     lp_norms,
     room_along,
+    stop_gradient,
 )
 from .validation import as_tensors, check_arguments, parse_p
 
@@ -111,32 +114,47 @@ def project_l2(
 
     ``method`` is the solver of the CAR equation (:func:`~car_attacks.core.rescaling.solve_eta`).
     """
-    clipped = clip_to_bounds(z, lo, hi)
-    inside = lp_norms(clipped - x0, 2.0, scaled=True) <= eps  # tiny moves must not square to 0
+    fast = fused_projection.fusable_projection(x0, z, eps, lo, hi)
+    inside = fused_projection.l2_inside(x0, z, eps, lo, hi) if fast else None
+    clipped = clip_to_bounds(z, lo, hi) if inside is None else None
+    if clipped is not None:
+        inside = lp_norms(clipped - x0, 2.0, scaled=True) <= eps  # tiny moves must not square to 0
+    assert inside is not None
     if inside.all().item():
-        return clipped
+        return clip_to_bounds(z, lo, hi) if clipped is None else clipped
     direction = z - x0
     eta = ep.minimum(solve_eta(x0, direction, eps, p=2.0, lo=lo, hi=hi, method=method), 1.0)
+    if fast or clipped is None:
+        return fused_projection.l2_output(x0, z, eta, inside, lo, hi)
     projected = clip_to_bounds(x0 + batch_view(eta, x0.ndim) * direction, lo, hi)
+    if not inside.any().item():  # (a select is a full pass more)
+        return projected
     return ep.where(batch_view(inside, x0.ndim), clipped, projected)
 
 
 def project_l1(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
     """Box-aware soft threshold ``x0 + sign(w) min((|w| - lam)_+, r)`` with L1 norm ``eps``."""
+    if fused_projection.fusable_projection(x0, z, eps, lo, hi):
+        return fused_projection.project_l1_fused(x0, z, eps, lo, hi)
     direction = z - x0
     w = flatten_batch(direction)
     size = w.abs()
     room = flatten_batch(room_along(x0, direction, lo, hi))
-    inside = ep.minimum(size, room).sum(axis=1) <= eps
+    eps_col = eps.reshape((-1, 1))
+    problem = EagerProblem(stop_gradient(size), stop_gradient(room))
+    fixed_eps = stop_gradient(eps_col)
+    state, first = problem.start(fixed_eps)
+    inside = state.done  # h(0) = sum min(|w|, r) <= eps: the ball holds clip(z)
     if inside.all().item():
         return clip_to_bounds(z, lo, hi)
-    lam = ep.where(inside.reshape((-1, 1)), 0.0, l1_threshold(size, room, eps))
-    magnitude = ep.minimum(ep.maximum(size - lam, 0.0), room)
+    lam = solve_threshold(problem, fixed_eps, state, first).lam
+    lam = ep.where(inside, 0.0, with_gradient(lam, size, room, eps_col))
+    magnitude = ep.minimum((size - lam).clip(0.0, math.inf), room)
     # With z far from x0, lam is close to |w| and |w| - lam carries ulps of |w|, far more
     # than of eps: shrink the rows whose norm rounding pushed past eps back onto the ball.
     total = magnitude.sum(axis=1, keepdims=True)
-    eps_col = eps.reshape((-1, 1))
     over = total > eps_col
-    magnitude = magnitude * ep.where(over, eps_col / ep.where(over, total, 1.0), 1.0)
+    if over.any().item():
+        magnitude = magnitude * ep.where(over, eps_col / ep.where(over, total, 1.0), 1.0)
     # x0 + room can round one ulp past the bound; the clip only undoes that rounding
     return clip_to_bounds(x0 + (w.sign() * magnitude).reshape(x0.shape), lo, hi)
