@@ -238,3 +238,31 @@ def test_sample_independence(p):
     for i in range(4):
         single = proj(x0[i : i + 1], z[i : i + 1], eps[i : i + 1], p=p)
         np.testing.assert_allclose(single, full[i : i + 1], rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_unchecked_projection_of_half_precision_runs_in_float32(
+    dtype: torch.dtype, p: float
+) -> None:
+    """The attacks' projection on half-precision ImageNet-sized inputs (whose L1 sums exceed
+    float16's 65,504): the float32 projection, rounded to the input's dtype."""
+    import eagerpy as ep
+
+    from car_attacks.core.projection import project_unchecked
+
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.rand(2, 3, 224, 224, generator=gen).to(dtype)
+    z = (x0.float() + torch.randn(2, 3, 224, 224, generator=gen)).to(dtype)
+    eps = torch.tensor([20.0, 100.0]) if p == 1 else torch.tensor([1.0, 5.0])
+    out = project_unchecked(
+        ep.astensor(x0), ep.astensor(z), ep.astensor(eps.to(dtype)), p=p, lo=0.0, hi=1.0
+    ).raw
+    ref = project_unchecked(
+        ep.astensor(x0.float()), ep.astensor(z.float()), ep.astensor(eps), p=p, lo=0.0, hi=1.0
+    ).raw
+    assert out.dtype == dtype and torch.equal(out, ref.to(dtype))
+    # the float32 projection is on the sphere; rounding every coordinate to the half dtype
+    # moves the result by more than eps's own rounding, so it is checked before rounding
+    norms = (ref.double() - x0.double()).flatten(1).norm(p=p, dim=1)
+    assert torch.allclose(norms, eps.double(), rtol=1e-4)

@@ -31,6 +31,8 @@ from .tensors import (
     Bound,
     batch_view,
     clip_to_bounds,
+    compute_dtype,
+    compute_dtype_bound,
     flatten_batch,
     float64_bound,
     is_floating,
@@ -85,7 +87,15 @@ def project_unchecked(
     method: str = "newton",
 ) -> ep.Tensor:
     """:func:`project_lp_ball_box` on EagerPy tensors without input checks; ``eps`` is ``(N,)``;
-    ``method`` solves the L2 case's CAR equation (:func:`~car_attacks.core.rescaling.solve_eta`)."""
+    ``method`` solves the L2 case's CAR equation (:func:`~car_attacks.core.rescaling.solve_eta`).
+    Half precision (float16, bfloat16) is projected in float32 (L1 and L2 sum over the
+    whole sample) and returned in the dtype of ``x0``."""
+    x0_c = compute_dtype(x0)
+    if x0_c is not x0 and p != math.inf:
+        lo_c, hi_c = compute_dtype_bound(lo), compute_dtype_bound(hi)
+        z_c, eps_c = compute_dtype(z), compute_dtype(eps)
+        projected = project_unchecked(x0_c, z_c, eps_c, p=p, lo=lo_c, hi=hi_c, method=method)
+        return projected.astype(x0.dtype)
     if p == math.inf:
         return project_linf(x0, z, eps, lo, hi)
     if p == 2:
