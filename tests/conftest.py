@@ -10,6 +10,7 @@
 * :func:`import_optional`: import a module of an optional extra, or skip the test module
   (a failure under :data:`REQUIRE_SYSTEM_PACKAGES`: the README's test command installs
   the extras the tests use).
+* :func:`small_fused`: the compiled (fused) rescaling kernels, also for tiny test shapes.
 * :func:`fashion_mnist`: the first ``n`` Fashion-MNIST test images, from Debian's
   ``dataset-fashion-mnist`` when installed, else foolbox's 20 shipped samples (the same
   first 20 images); more than those 20 without the package is a missing system package.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
@@ -104,3 +105,13 @@ def fashion_mnist() -> FashionMnist:
         return load_samples("foolbox_fashion_mnist", n=min(n, shipped), split="test")
 
     return load
+
+
+@pytest.fixture
+def small_fused(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The fused path for the small test shapes, compiling (compilation is opt-in)."""
+    from car_attacks.core import fused
+
+    monkeypatch.setattr(fused, "FUSED_MIN_SIZE", 1)
+    monkeypatch.setenv(fused.COMPILE_ENV, "1")
+    yield

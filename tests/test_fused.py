@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 
 import eagerpy as ep
 import numpy as np
@@ -23,14 +22,6 @@ from car_attacks.core.rescaling import solve_eta_with_info
 
 SHAPE = (3, 12, 12)
 BOUNDS = [(0.0, 1.0), (0.0, 255.0), (-1.5, 2.25)]
-
-
-@pytest.fixture
-def small_fused(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The fused path for the small test shapes, compiling (compilation is opt-in)."""
-    monkeypatch.setattr(fused, "FUSED_MIN_SIZE", 1)
-    monkeypatch.setenv(fused.COMPILE_ENV, "1")
-    yield
 
 
 def _problem(

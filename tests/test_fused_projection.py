@@ -8,7 +8,6 @@ alternating projections in float64 (``tests/oracles.py``) and ``h(lam) = eps`` i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import eagerpy as ep
 import numpy as np
@@ -22,14 +21,6 @@ from car_attacks.core.l1_threshold import L1_NEWTON_MAX_ITER, _newton
 
 SHAPE = (3, 8, 8)
 BOUNDS = [(0.0, 1.0), (0.0, 255.0), (-1.5, 2.25)]
-
-
-@pytest.fixture
-def small_fused(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The fused path for the small test shapes, compiling (compilation is opt-in)."""
-    monkeypatch.setattr(fused, "FUSED_MIN_SIZE", 1)
-    monkeypatch.setenv(fused.COMPILE_ENV, "1")
-    yield
 
 
 def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
