@@ -83,6 +83,25 @@ def test_the_kernels_compile_once_for_every_batch_size(small_fused, monkeypatch)
     )
 
 
+def test_compile_time_counts_every_compiling_call(small_fused, monkeypatch):
+    """A call that compiles another graph (here: a new flag value) adds its time to the
+    kernel's compile seconds; a call that reuses a compiled graph adds nothing."""
+    monkeypatch.setattr(fused, "_state", {"failed": False, "compile_s": {}})
+
+    def _scaled_sum(v: torch.Tensor, double: bool) -> torch.Tensor:
+        return (2 * v if double else v).sum(dim=1)
+
+    kernel = fused._Kernel(_scaled_sum)
+    kernel(torch.ones(3, 5), True)
+    first = fused.compile_seconds()["_scaled_sum"]
+    assert first > 0
+    kernel(torch.ones(4, 6), True)  # dynamic shapes: no new graph
+    assert fused.compile_seconds()["_scaled_sum"] == first
+    out = kernel(torch.ones(4, 6), False)  # a new graph
+    assert torch.equal(out, torch.full((4,), 6.0))
+    assert fused.compile_seconds()["_scaled_sum"] > first
+
+
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(small_fused):
     x, delta, eps = _problem(5, 6, 0.0, 255.0, 2.0, torch.float32)
     eta, _ = _solve(x, delta, eps, 2.0, (0.0, 255.0))

@@ -56,8 +56,17 @@ def compile_enabled() -> bool:
 
 
 def compile_seconds() -> dict[str, float]:
-    """Seconds the first (compiling) call of each kernel took in this process, by name."""
+    """Seconds the compiling calls of each kernel took in this process, by name: its first
+    call, and any later call that compiled another graph (a new value of a flag argument,
+    a new dtype), counted by dynamo's graph counter."""
     return dict(_state["compile_s"])
+
+
+def _compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process (its ``unique_graphs`` statistic)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 class _Kernel:
@@ -75,6 +84,7 @@ class _Kernel:
         if not compile_enabled():
             return self.fn(*args)
         first = self.compiled is None
+        graphs = _compiled_graphs()
         start = time.perf_counter()
         try:
             if self.compiled is None:
@@ -89,8 +99,10 @@ class _Kernel:
                 stacklevel=2,
             )
             return self.fn(*args)
-        if first:
-            _state["compile_s"][self.fn.__name__] = time.perf_counter() - start
+        if first or _compiled_graphs() != graphs:
+            spent = time.perf_counter() - start
+            name = self.fn.__name__
+            _state["compile_s"][name] = _state["compile_s"].get(name, 0.0) + spent
         return out
 
 
