@@ -9,6 +9,15 @@ checkpoint a sample's step size is halved, and it restarts from its best point, 
 2. its step size was not reduced at the previous checkpoint and its best loss did not
    improve since then.
 
+Two details of the first window: its first step counts as an increase where
+``f(x_1) > f(x_0)`` (the paper's sum; the authors' code compares ``f(x_1)`` with a zeroed
+buffer row, i.e. with 0), and condition 2 is not checked at the first checkpoint (as the
+authors' code and pyautoattack; the paper's formula and adv-lib check it). adv-lib also
+aliases its best loss at the last checkpoint to the running best from the second
+checkpoint on, so its condition 2 reads "not reduced at the previous checkpoint". None of
+the three changed a single sample (L-inf APGD-CE, ``fashion_mnist_bcop``, eps 0.1, 1,000
+images, 3 seeds each, same starts).
+
 L1 ("Mind the box", Croce & Hein, ICML 2021, Sec. 4): every ``0.04 N`` iterations the
 sparsity ``k`` becomes the L0 norm of the best perturbation over ``1.5``; the step size
 is reset to ``eps`` (and the sample restarts from its best point) where that L0 norm
