@@ -10,6 +10,9 @@
 * :func:`import_optional`: import a module of an optional extra, or skip the test module
   (a failure under :data:`REQUIRE_SYSTEM_PACKAGES`: the README's test command installs
   the extras the tests use).
+* The suite runs the eager solvers (``CAR_ATTACKS_COMPILE=0``) unless the environment
+  sets that variable: the default ``auto`` would start compiling part-way through the
+  suite, at a point that depends on which tests a worker ran before.
 * :func:`small_fused`: the compiled (fused) rescaling kernels, also for tiny test shapes.
 * :func:`fashion_mnist`: the first ``n`` Fashion-MNIST test images, from Debian's
   ``dataset-fashion-mnist`` when installed, else foolbox's 20 shipped samples (the same
@@ -35,6 +38,10 @@ _ROOT = os.path.dirname(_HERE)
 for _path in (_ROOT, _HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+
+from car_attacks.core.fused import COMPILE_ENV  # noqa: E402 (after the path setup)
+
+os.environ.setdefault(COMPILE_ENV, "0")
 
 REQUIRE_SYSTEM_PACKAGES = "CAR_ATTACKS_REQUIRE_SYSTEM_PACKAGES"
 """When this environment variable is non-empty, a missing Debian package fails its tests."""

@@ -17,7 +17,7 @@ import torch
 from oracles import bisection_eta
 
 import car_attacks
-from car_attacks.core import fused
+from car_attacks.core import fused, fused_newton
 from car_attacks.core.rescaling import solve_eta_with_info
 
 SHAPE = (3, 12, 12)
@@ -78,7 +78,7 @@ def test_the_kernels_compile_once_for_every_batch_size(small_fused, monkeypatch)
         x, delta, eps = _problem(n, n, 0.0, 255.0, p, torch.float32)
         _solve(x[:, :, :5], delta[:, :, :5], eps, p, (0.0, 255.0))
     assert counters["stats"]["unique_graphs"] == graphs
-    assert {"_first_sums", "_power_sums", "_linf_pass", "_linf_fastest"} <= set(
+    assert {"_first_sums", "_newton_first", "_linf_pass", "_linf_fastest"} <= set(
         fused.compile_seconds()
     )
 
@@ -86,7 +86,7 @@ def test_the_kernels_compile_once_for_every_batch_size(small_fused, monkeypatch)
 def test_compile_time_counts_every_compiling_call(small_fused, monkeypatch):
     """A call that compiles another graph (here: a new flag value) adds its time to the
     kernel's compile seconds; a call that reuses a compiled graph adds nothing."""
-    monkeypatch.setattr(fused, "_state", {"failed": False, "compile_s": {}})
+    monkeypatch.setattr(fused, "_state", {"failed": False, "compile_s": {}, "declined_values": 0})
 
     def _scaled_sum(v: torch.Tensor, double: bool) -> torch.Tensor:
         return (2 * v if double else v).sum(dim=1)
@@ -127,9 +127,11 @@ def test_compiler_failure_warns_once_and_runs_eagerly(small_fused, monkeypatch):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(fused, "_state", {"failed": False, "compile_s": {}})
-    for name in ("_POWER_SUMS", "_FIRST_SUMS", "_INPUT_STATS", "_CHECKED_FIRST_SUMS"):
+    monkeypatch.setattr(fused, "_state", {"failed": False, "compile_s": {}, "declined_values": 0})
+    for name in ("_FIRST_SUMS", "_INPUT_STATS", "_CHECKED_FIRST_SUMS"):
         monkeypatch.setattr(fused, name, fused._Kernel(getattr(fused, name).fn))
+    for name in ("_NEWTON_FIRST", "_NEWTON_MORE"):
+        monkeypatch.setattr(fused_newton, name, fused._Kernel(getattr(fused_newton, name).fn))
     x, delta, eps = _problem(8, 4, 0.0, 1.0, 2.0, torch.float32)
     with pytest.warns(RuntimeWarning, match="torch.compile failed") as record:
         first = car_attacks.clipping_aware_rescaling(x, delta, eps)
@@ -235,8 +237,10 @@ def test_checked_first_pass_matches_a_float64_reference(small_fused, p):
     np.testing.assert_array_equal(stats.span.smallest, smallest)
 
 
-@pytest.mark.parametrize("p", [1.0, math.inf])
-@pytest.mark.parametrize("where", ["nan_x", "inf_delta", "outside", "eps_and_x", "eps"])
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize(
+    "where", ["nan_x", "inf_delta", "outside", "eps_and_x", "eps", "nan_eps", "inf_eps"]
+)
 def test_checks_fused_with_the_first_pass_reject_bad_input_in_order(small_fused, p, where):
     x, delta, eps = _problem(15, 3, 0.0, 1.0, p, torch.float32)
     if where in ("nan_x", "eps_and_x"):
@@ -248,6 +252,9 @@ def test_checks_fused_with_the_first_pass_reject_bad_input_in_order(small_fused,
     if where in ("eps_and_x", "eps"):
         eps[1] = -1.0
         match = match if where == "eps_and_x" else "eps must be >= 0"
+    elif where in ("nan_eps", "inf_eps"):  # checked in the fused pass, eps as passed
+        eps[2] = math.nan if where == "nan_eps" else math.inf
+        match = "eps contains 1 non-finite"
     with pytest.raises(ValueError, match=match):
         car_attacks.clipping_aware_rescaling(x, delta, eps, p=p)
 
@@ -284,3 +291,35 @@ def test_a_sample_does_not_depend_on_the_batch_when_newton_ends_early(small_fuse
     for order in ([5], [0, 3], [4, 1, 2]):
         part, _ = _solve(x[order], delta[order], eps[order], p, (0.0, 1.0))
         assert torch.equal(part, eta[order])
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_newton_goes_on_one_pass_per_call_after_the_unrolled_ones(small_fused, monkeypatch, p):
+    x, delta, eps = _problem(18, 6, 0.0, 1.0, p, torch.float32)
+    eta, info = _solve(x, delta, eps, p, (0.0, 1.0))
+    calls: list[int] = []
+    more = fused_newton._NEWTON_MORE
+
+    def counted(*args):
+        calls.append(1)
+        return more(*args)
+
+    monkeypatch.setattr(fused_newton, "_NEWTON_MORE", counted)
+    monkeypatch.setattr(fused_newton, "UNROLLED", 1)  # iterations 3.. one call each
+    eta_more, info_more = _solve(x, delta, eps, p, (0.0, 1.0))
+    assert len(calls) == info.iterations - 2 > 0
+    assert info_more.iterations == info.iterations
+    assert torch.equal(eta_more, eta)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_newton_past_the_iteration_cap_falls_back_to_the_sort(small_fused, monkeypatch, p):
+    from car_attacks.core import solvers
+
+    x, delta, eps = _problem(19, 5, 0.0, 1.0, p, torch.float32)
+    eta, info = _solve(x, delta, eps, p, (0.0, 1.0))
+    assert info.iterations > 2
+    monkeypatch.setattr(solvers, "NEWTON_MAX_ITER", 2)
+    eta_capped, info_capped = _solve(x, delta, eps, p, (0.0, 1.0))
+    assert info_capped.fallback_samples > 0  # the eager solve, its Newton capped too
+    np.testing.assert_allclose(eta_capped.numpy(), eta.numpy(), rtol=2e-6, atol=0)

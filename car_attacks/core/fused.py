@@ -7,17 +7,25 @@ returns per-sample sums; inductor (C++/OpenMP on CPU) fuses it into one loop. Th
 elementwise maths is exactly that of the eager solvers (the per-sample sums are accumulated
 in float64 in another order; the pass at ``t = 0`` takes the powers of the unscaled
 ``|delta|`` in float64), so results agree to the solvers' tolerances. The public function
-runs its input checks in the first pass of the solve (:func:`checked_first_pass`), and
-Newton ends a pass early where its last step provably stays on one linear piece of ``g``.
+runs its input checks in the first pass of the solve (:func:`checked_first_pass`); the
+Newton iterations after it are in :mod:`~car_attacks.core.fused_newton` (several per
+compiled call, ending a pass early where the last step provably stays on one linear piece
+of ``g``).
 
-Kernels are compiled on first use with dynamic shapes (no recompilation per batch size;
-inductor's on-disk cache reuses the code across processes). Where compiling fails, one
-warning is issued and the eager solvers run from then on (a kernel that failed mid-solve
-runs its function eagerly once). Compilation is opt-in: ``CAR_ATTACKS_COMPILE=1`` turns it
-on (the first calls of a process compile for 10-20 s on a 2-core CPU, which pays off only
-in long runs on large inputs; measured in an evaluation run of 20 CIFAR images, compiling
-cost more than the eager solve it saved); problems below :data:`FUSED_MIN_SIZE` values per
-sample always run the eager solvers.
+Kernels are compiled with dynamic shapes (no recompilation per batch size; inductor's
+on-disk cache reuses the code across processes). Where compiling fails, one warning is
+issued and the eager solvers run from then on (a kernel that failed mid-solve runs its
+function eagerly once). When to compile is :data:`COMPILE_ENV`'s choice: ``1`` from the
+first call, ``0`` never, ``auto`` (the default) by ski rental: the first calls of a process
+would compile for 5-20 s on a 2-core CPU, more than a short run saves (measured in an
+evaluation of 20 CIFAR images), so the eager solvers run until the process has solved
+:data:`COMPILE_BREAK_EVEN_VALUES` values that the fused path would have taken, about what
+a compile costs in eager time; from the next call on the kernels compile. A run then never
+spends more than about twice the time of the better of "never" and "from the start" (the
+ski-rental bound), and the switch depends on the sizes solved, not on clocks, so a script
+gives the same numbers each time it runs (the two paths agree to the solvers'
+tolerances, not bitwise; set ``0`` or ``1`` for bitwise equal calls within one process).
+Problems below :data:`FUSED_MIN_SIZE` values per sample always run the eager solvers.
 
 Reference: J. Rauber, M. Bethge, "Fast Differentiable Clipping-Aware Normalization and
 Rescaling", arXiv:2007.07677, 2020 (the equation); Newton on the concave piecewise-linear
@@ -38,21 +46,47 @@ from typing import Any
 import torch
 
 COMPILE_ENV = "CAR_ATTACKS_COMPILE"
-"""Environment variable: ``0`` runs the fused kernels eagerly (no compiler)."""
+"""Environment variable: ``1`` compiles the fused kernels from the first call, ``0`` never
+(the eager solvers run), ``auto`` or unset: once :data:`COMPILE_BREAK_EVEN_VALUES` is
+reached (see the module docstring)."""
+COMPILE_MODES = ("0", "1", "auto")
+"""The values :data:`COMPILE_ENV` may take."""
+COMPILE_BREAK_EVEN_VALUES = 2**29
+"""Values the ``auto`` mode lets :func:`fusable` decline before it compiles: ski rental.
+A public call or projection asks :func:`fusable` about twice (checks, solve), the eager
+solve costs about 30 ns per value more than the compiled one (one CPU thread, CIFAR and
+ImageNet sizes, ``scripts/bench_rescaling.py``) and compiling about 5 s with a warm
+on-disk cache, 10-20 s cold: ``2 x 10 s / 30 ns`` is about ``2**29``."""
 FUSED_MIN_SIZE = 1024
 """Values per sample from which the fused path is used (below, the eager solvers are about
 as fast). Per sample, not per batch: a sample takes the same path in any batch."""
 NEXT_BREAKPOINT_STEP = 1e-2
-"""Relative Newton step below which the passes also find the next breakpoint of ``g``
-(a division more per value): the steps then shrink quadratically, so the next one usually
-lands before it and ends the solve a pass early."""
+"""Relative Newton step below which a sample also looks at the next breakpoint of ``g``
+(found in every pass of :mod:`~car_attacks.core.fused_newton`): its steps then shrink
+quadratically, so the next one usually lands before it and ends its solve a pass early."""
 
-_state: dict[str, Any] = {"failed": False, "compile_s": {}}
+
+_state: dict[str, Any] = {"failed": False, "compile_s": {}, "declined_values": 0}
+
+
+def compile_mode() -> str:
+    """:data:`COMPILE_ENV`'s value (``auto`` where unset or empty); ``ValueError`` naming
+    the variable and the value for anything else."""
+    value = os.environ.get(COMPILE_ENV, "").strip().lower() or "auto"
+    if value not in COMPILE_MODES:
+        raise ValueError(f"{COMPILE_ENV} must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
+    return value
 
 
 def compile_enabled() -> bool:
-    """Whether kernels are compiled (not disabled by :data:`COMPILE_ENV`, no failure yet)."""
-    return os.environ.get(COMPILE_ENV, "0") == "1" and not _state["failed"]
+    """Whether kernels are compiled: :data:`COMPILE_ENV` is ``1``, or ``auto`` past the
+    break-even (:data:`COMPILE_BREAK_EVEN_VALUES`), and no compile has failed."""
+    if _state["failed"]:
+        return False
+    mode = compile_mode()
+    return mode == "1" or (
+        mode == "auto" and _state["declined_values"] >= COMPILE_BREAK_EVEN_VALUES
+    )
 
 
 def compile_seconds() -> dict[str, float]:
@@ -111,34 +145,6 @@ def _room(x: torch.Tensor, delta: torch.Tensor, lo: float, hi: float) -> torch.T
     return torch.where(delta >= 0, hi - x, x - lo).clamp_min(0.0)
 
 
-def _power_sums(
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    t: torch.Tensor,
-    d_scale: torch.Tensor,
-    lo: float,
-    hi: float,
-    square: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass: ``g(t) = sum min(t dp, rp)``, the slope ``S(t) = sum_{t dp < rp} dp`` and
-    ``sum rp`` with ``dp = (|delta| / d_scale)^p``, ``rp = r^p [dp > 0]``, p = 2 if ``square``
-    (else 1, where ``d_scale`` is 1 and not divided by). The Newton loop does not need
-    ``sum rp``, but with it inductor's CPU loop ran about 20% faster (torch 2.14)."""
-    dp, rp = _powers(x, delta, d_scale, lo, hi, square)
-    g, s, _ = _sums_at(t, dp, rp)
-    return g, s, _row_sum(rp)
-
-
-def _sums_at(
-    t: torch.Tensor, dp: torch.Tensor, rp: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``g(t)``, ``S(t)`` (see :func:`_power_sums`) and the elementwise mask
-    ``t dp_i < rp_i`` of the coordinates not yet clipped at ``t``."""
-    moved = t * dp
-    active = rp - moved > 0
-    return _row_sum(torch.minimum(moved, rp)), _row_sum(torch.where(active, dp, 0.0)), active
-
-
 def _powers(
     x: torch.Tensor, delta: torch.Tensor, d_scale: torch.Tensor, lo: float, hi: float, square: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,23 +157,6 @@ def _powers(
         return dp, room * room * (dp > 0)
     dp = delta.abs()
     return dp, room * (dp > 0)
-
-
-def _power_sums_next(
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    t: torch.Tensor,
-    d_scale: torch.Tensor,
-    lo: float,
-    hi: float,
-    square: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_power_sums` and the next breakpoint ``min{rp_i / dp_i : t dp_i < rp_i}``
-    (inf where none), up to which ``g`` stays linear."""
-    dp, rp = _powers(x, delta, d_scale, lo, hi, square)
-    g, s, active = _sums_at(t, dp, rp)
-    nearest = torch.where(active, rp / dp, float("inf")).amin(dim=1, keepdim=True)
-    return g, s, _row_sum(rp), nearest
 
 
 def _row_sum(v: torch.Tensor) -> torch.Tensor:
@@ -229,19 +218,28 @@ def _first_sums(
 def _checked_first_sums(
     x: torch.Tensor,
     delta: torch.Tensor,
+    eps: torch.Tensor,
     lo: float,
     hi: float,
     below: float,
     above: float,
     square: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """:func:`_violations`, :func:`_first_sums` and the smallest non-zero ``|delta|`` per row
-    (``(N, 1)``, inf where ``delta = 0``) in one pass: the public function's checks and the
-    first Newton pass together."""
+    """:func:`_violations` (with those of ``eps``, ``(N, 1)``: :func:`_eps_violations`),
+    :func:`_first_sums` and the smallest non-zero ``|delta|`` per row (``(N, 1)``, inf where
+    ``delta = 0``) in one pass: the public function's checks and the first Newton pass
+    together."""
     s0, reach, largest = _first_sums(x, delta, lo, hi, square)
     size = delta.abs()
     smallest = torch.where(size > 0, size, float("inf")).amin(dim=1, keepdim=True)
-    return _violations(x, delta, below, above), s0, reach, largest, smallest
+    bad = torch.maximum(_violations(x, delta, below, above), _eps_violations(eps))
+    return bad, s0, reach, largest, smallest
+
+
+def _eps_violations(eps: torch.Tensor) -> torch.Tensor:
+    """``-eps + 0 eps``: ``<= 0`` exactly where ``eps`` is finite and ``>= 0`` (NaN for an
+    infinity or NaN, which ``maximum`` propagates)."""
+    return eps * 0.0 - eps
 
 
 def _linf_pass(
@@ -261,9 +259,11 @@ def _checked_linf_pass(
     below: float,
     above: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_violations` and :func:`_linf_pass` in one pass."""
+    """:func:`_violations` (with those of ``eps``: :func:`_eps_violations`) and
+    :func:`_linf_pass` in one pass."""
     reach, fastest = _linf_pass(x, delta, eps, lo, hi)
-    return _violations(x, delta, below, above), reach, fastest
+    bad = torch.maximum(_violations(x, delta, below, above), _eps_violations(eps))
+    return bad, reach, fastest
 
 
 _INPUT_STATS = _Kernel(_input_stats)
@@ -271,18 +271,16 @@ _FIRST_SUMS = _Kernel(_first_sums)
 _CHECKED_FIRST_SUMS = _Kernel(_checked_first_sums)
 _LINF_PASS = _Kernel(_linf_pass)
 _CHECKED_LINF_PASS = _Kernel(_checked_linf_pass)
-_POWER_SUMS = _Kernel(_power_sums)
-_POWER_SUMS_NEXT = _Kernel(_power_sums_next)
 _LINF_FASTEST = _Kernel(_linf_fastest)
 
 
 def fusable(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
     """Whether the fused path applies: the compiler is on (else the eager solvers run, with
     their smaller memory use), PyTorch float32/float64 tensors of at least
-    :data:`FUSED_MIN_SIZE` values per sample and float bounds."""
-    return (
-        compile_enabled()
-        and isinstance(x, torch.Tensor)
+    :data:`FUSED_MIN_SIZE` values per sample and float bounds. Where only the compiler is
+    off in the ``auto`` mode, the values of ``x`` count towards its break-even."""
+    eligible = (
+        isinstance(x, torch.Tensor)
         and isinstance(delta, torch.Tensor)
         and isinstance(lo, float)
         and isinstance(hi, float)
@@ -292,6 +290,13 @@ def fusable(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
         and x.shape[0] >= 1
         and x.numel() // x.shape[0] >= FUSED_MIN_SIZE
     )
+    if not eligible:
+        return False
+    if compile_enabled():
+        return True
+    if compile_mode() == "auto" and not _state["failed"]:
+        _state["declined_values"] += int(x.numel())
+    return False
 
 
 def as_dtype_float(value: float, like: torch.Tensor) -> float:
@@ -390,117 +395,25 @@ def checked_first_pass(
     """The input checks of :func:`~car_attacks.core.rescaling.clipping_aware_rescaling` and
     the first pass of its solve in one fused pass over ``x`` and ``delta``: for p = 1 or 2
     the Newton pass at ``t = 0`` (:class:`FirstSums`, with the span of ``delta``), for
-    p = inf the closed form at ``eps`` (:class:`LinfPass`). ``eps`` has shape ``(N,)``."""
+    p = inf the closed form at ``eps`` (:class:`LinfPass`). ``eps`` has shape ``(N,)`` and
+    ``x``'s dtype; it is checked too (finite, ``>= 0``)."""
     n = x.shape[0]
     xf, df = x.detach().reshape(n, -1), delta.detach().reshape(n, -1)
     lo, hi = as_dtype_float(lo, x), as_dtype_float(hi, x)
     below, above = as_dtype_float(below, x), as_dtype_float(above, x)
+    eps_col = eps.detach().reshape(n, 1)
     if p == math.inf:
-        eps_col = eps.detach().reshape(n, 1)
         bad, reach, fastest = _CHECKED_LINF_PASS(xf, df, eps_col, lo, hi, below, above)
         return InputStats(
             clean=_no_violation(bad), span=None, first=LinfPass(reach=reach, fastest=fastest)
         )
-    bad, slope, reach, largest, smallest = _CHECKED_FIRST_SUMS(xf, df, lo, hi, below, above, p == 2)
+    bad, slope, reach, largest, smallest = _CHECKED_FIRST_SUMS(
+        xf, df, eps_col, lo, hi, below, above, p == 2
+    )
     return InputStats(
         clean=_no_violation(bad),
         span=Span(largest=largest[:, 0], smallest=smallest[:, 0]),
         first=FirstSums(slope=slope, reach=reach, largest=largest),
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class NewtonRun:
-    """The fused Newton solve of ``g(t) = E`` (p = 1 or 2), on ``(N, 1)`` tensors."""
-
-    t: torch.Tensor
-    active_sum: torch.Tensor
-    """``S`` on the final segment."""
-    iterations: int
-    finished: bool
-    """False where some sample had not converged after the iteration cap."""
-    target: torch.Tensor
-    """``E = eps^p``, 0 where unreachable."""
-    reachable: torch.Tensor
-    d_scale: torch.Tensor
-    """``max |delta|`` per sample for p = 2 (1 where 0), ones for p = 1."""
-
-
-def _nonzero_or_one(t: torch.Tensor) -> torch.Tensor:
-    return torch.where(t > 0, t, torch.ones_like(t))
-
-
-def newton_power(
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    eps: torch.Tensor,
-    *,
-    p: float,
-    lo: float,
-    hi: float,
-    max_iter: int,
-    first: FirstSums | None = None,
-) -> NewtonRun:
-    """Newton from ``t = 0`` on ``g(t) = sum_i min(t dp_i, rp_i) = E``: ``t <- t + (E - g)/S``,
-    stopping per sample when ``S`` repeats (``g`` linear there, so ``g(t) = E`` exactly) or,
-    once the steps are below :data:`NEXT_BREAKPOINT_STEP` relative, when the step lands
-    before the next breakpoint (``g`` linear up to it: the same ``t``, one pass fewer).
-
-    The same iterates as :func:`~car_attacks.core.solvers.solve_power` (``"newton"``), each
-    iteration one fused pass over ``x`` and ``delta``; the pass at ``t = 0`` also finds
-    ``max |delta|`` (the scale of p = 2), or comes from the input checks (``first``).
-    """
-    n = x.shape[0]
-    xf, df = x.detach().reshape(n, -1), delta.detach().reshape(n, -1)
-    lo, hi = as_dtype_float(lo, x), as_dtype_float(hi, x)
-    square = p == 2
-    if first is None:
-        slope, reach, largest = _FIRST_SUMS(xf, df, lo, hi, square)
-    else:
-        slope, reach, largest = first.slope, first.reach, first.largest
-    if square:
-        d_scale = _nonzero_or_one(largest)
-        slope = slope / d_scale.to(torch.float64).square()
-    else:
-        d_scale = torch.ones((n, 1), dtype=x.dtype, device=x.device)
-    eps_col = eps.detach().reshape(n, 1)
-    g = torch.zeros_like(eps_col)  # g(0)
-    s = slope.to(x.dtype)
-    t = torch.zeros_like(eps_col)
-    reachable = (eps_col * eps_col if square else eps_col) <= reach.to(x.dtype)
-    e = torch.where(reachable, eps_col, 0.0)
-    target = e * e if square else e
-    done = torch.zeros_like(reachable)
-    previous = torch.full_like(t, -1.0)
-    nearest: torch.Tensor | None = None
-    find_next, finished = False, False
-    for iteration in range(1, max_iter + 1):
-        if iteration > 1:
-            if find_next:
-                g, s, _, nearest = _POWER_SUMS_NEXT(xf, df, t, d_scale, lo, hi, square)
-            else:
-                g, s, _ = _POWER_SUMS(xf, df, t, d_scale, lo, hi, square)
-        done = done | (s == previous)
-        finished = bool(done.all())
-        if finished:
-            break
-        step = ((target - g) / _nonzero_or_one(s)).clamp_min(0.0)
-        moved = torch.where(done, t, t + step)
-        if nearest is not None:  # landed before the next breakpoint: g(t) = E there
-            done = done | (moved <= nearest)
-        t, previous = moved, s
-        if nearest is not None and bool(done.all()):
-            finished = True
-            break
-        find_next = find_next or bool(((step <= NEXT_BREAKPOINT_STEP * moved) | done).all())
-    return NewtonRun(
-        t=t,
-        active_sum=s,
-        iterations=iteration,
-        finished=finished,
-        target=target,
-        reachable=reachable,
-        d_scale=d_scale,
     )
 
 

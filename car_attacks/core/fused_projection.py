@@ -11,9 +11,10 @@ check ``||clip(z) - x0||_2 <= eps`` and its output ``clip(x0 + eta (z - x0))`` f
 
 The elementwise maths is that of the eager path (sums accumulated in float64 in another
 order), so results agree to rounding. Same rules as :mod:`~car_attacks.core.fused`:
-compiled only with ``CAR_ATTACKS_COMPILE=1``, PyTorch float32/float64 tensors of at least
-:data:`~car_attacks.core.fused.FUSED_MIN_SIZE` values per sample, float bounds, and no
-gradient needed (the eager path is differentiable).
+compiled when :func:`~car_attacks.core.fused.compile_enabled` (``CAR_ATTACKS_COMPILE``),
+PyTorch float32/float64 tensors of at least :data:`~car_attacks.core.fused.FUSED_MIN_SIZE`
+values per sample, float bounds, and no gradient needed (the eager path is
+differentiable).
 """
 
 from __future__ import annotations

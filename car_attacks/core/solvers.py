@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import eagerpy as ep
 import numpy as np
 
-from . import fused
+from . import fused, fused_newton
 from .tensors import (
     Bound,
     detached_bound,
@@ -145,7 +145,7 @@ def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | No
     if bounds is None:
         return None
     (x, delta), (lo, hi) = (problem.x.raw, problem.delta.raw), bounds
-    run = fused.newton_power(
+    run = fused_newton.newton_power(
         x,
         delta,
         problem.eps.raw,

@@ -13,6 +13,7 @@ from typing import Any
 
 import eagerpy as ep
 import numpy as np
+import torch
 
 from . import fused
 from .tensors import (
@@ -92,8 +93,9 @@ def _fused_stats(
     <car_attacks.core.rescaling.needs_float64>` uses) in one fused pass, where it applies
     (PyTorch float32/float64 batches of one shape, float bounds) and every value passes;
     else ``None`` (the caller runs the checks one by one). For ``solve_p`` of 1, 2 or inf the
-    pass is also the first of the rescaling solve, and ``eps`` is checked before it (and
-    returned); a bad ``eps`` leaves every check to the caller, which raises in order."""
+    pass is also the first of the rescaling solve, and ``eps`` is checked before it, or in
+    it where it is a PyTorch tensor of shape ``(N,)`` in ``x``'s dtype (and returned); a bad
+    ``eps`` leaves every check to the caller, which raises in order."""
     if not (isinstance(x, ep.PyTorchTensor) and isinstance(other, ep.PyTorchTensor)):
         return None, None
     try:
@@ -111,16 +113,29 @@ def _fused_stats(
         return None, None
     tol = (hi - lo) * BOUNDS_TOLERANCE
     if solve_p in (1.0, 2.0, math.inf):
-        try:
-            eps_ = as_eps(eps, x)
-        except ValueError:
-            return None, None
+        eps_ = _per_sample_tensor(eps, x)  # checked in the fused pass
+        if eps_ is None:
+            try:
+                eps_ = as_eps(eps, x)
+            except ValueError:
+                return None, None
         stats = fused.checked_first_pass(
             x.raw, other.raw, eps_.raw, p=solve_p, lo=lo, hi=hi, below=lo - tol, above=hi + tol
         )
         return (stats, eps_) if stats.clean else (None, None)
     stats = fused.input_stats(x.raw, other.raw, lo - tol, hi + tol, difference=difference)
     return (stats, None) if stats.clean else (None, None)
+
+
+def _per_sample_tensor(eps: Any, like: ep.PyTorchTensor) -> ep.Tensor | None:
+    """``eps`` as it is where :func:`as_eps` would return it unchanged but for its value
+    checks (a PyTorch tensor of shape ``(N,)`` in ``like``'s dtype and device), else
+    ``None``."""
+    if not isinstance(eps, torch.Tensor | ep.PyTorchTensor):
+        return None
+    raw = eps.raw if isinstance(eps, ep.PyTorchTensor) else eps
+    matches = raw.dtype == like.raw.dtype and raw.device == like.raw.device
+    return ep.astensor(raw) if matches and tuple(raw.shape) == (like.shape[0],) else None
 
 
 def parse_p(p: Any) -> float:

@@ -202,7 +202,7 @@ class AttackRecord:
     """Wall time of the model's forward passes during the attack (absent in older run
     directories)."""
     compile_s: float | None = None
-    """Wall time spent compiling the fused kernels (``CAR_ATTACKS_COMPILE=1``) during the
+    """Wall time spent compiling the fused kernels (``CAR_ATTACKS_COMPILE``) during the
     attack: inside ``time_s``, outside ``rescaling_s``; absent when nothing was compiled."""
 
     @property
