@@ -77,3 +77,24 @@ def test_never_counts_after_a_compiler_failure(monkeypatch, fresh):
     assert not fused.fusable(x, delta, 0.0, 1.0)
     assert fused._state["declined_values"] == 0
     assert not fused.compile_enabled()
+
+
+def test_compile_seconds_include_the_first_read_of_the_graph_counter(monkeypatch, fresh):
+    """The first read of dynamo's counter imports dynamo (about a second): it belongs to the
+    compile time, not to the rescaling time of the unit that compiled first."""
+    import time
+
+    def slow_counter() -> int:
+        time.sleep(0.2)
+        return 0
+
+    monkeypatch.setenv(fused.COMPILE_ENV, "1")
+    monkeypatch.setattr(fused, "_compiled_graphs", slow_counter)
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic: fn)  # no compile time
+
+    def _doubled(v: torch.Tensor) -> torch.Tensor:
+        return 2 * v
+
+    kernel = fused._Kernel(_doubled)
+    assert torch.equal(kernel(torch.ones(3)), torch.full((3,), 2.0))
+    assert fused.compile_seconds()["_doubled"] >= 0.19  # the counter read is inside

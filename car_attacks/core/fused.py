@@ -118,8 +118,8 @@ class _Kernel:
         if not compile_enabled():
             return self.fn(*args)
         first = self.compiled is None
+        start = time.perf_counter()  # before the counter: its first read imports dynamo
         graphs = _compiled_graphs()
-        start = time.perf_counter()
         try:
             if self.compiled is None:
                 self.compiled = torch.compile(self.fn, dynamic=True)
