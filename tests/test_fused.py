@@ -17,7 +17,7 @@ import torch
 from oracles import bisection_eta
 
 import car_attacks
-from car_attacks.core import fused, fused_newton
+from car_attacks.core import fused, fused_newton, rescaling
 from car_attacks.core.rescaling import solve_eta_with_info
 
 SHAPE = (3, 12, 12)
@@ -323,3 +323,61 @@ def test_newton_past_the_iteration_cap_falls_back_to_the_sort(small_fused, monke
     eta_capped, info_capped = _solve(x, delta, eps, p, (0.0, 1.0))
     assert info_capped.fallback_samples > 0  # the eager solve, its Newton capped too
     np.testing.assert_allclose(eta_capped.numpy(), eta.numpy(), rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps_kind", ["tensor", "float", "tiny delta"])
+def test_the_common_call_is_the_general_path_bit_for_bit(small_fused, p, dtype, eps_kind):
+    """The public function's fast path (plain tensors, float bounds) gives the ``eta`` of the
+    general path (here taken by EagerPy inputs) bit for bit, also where float64 is needed."""
+    x, delta, eps = _problem(15, 5, -1.5, 2.25, p, dtype)
+    eps_arg: torch.Tensor | float = eps
+    if eps_kind == "float":
+        eps_arg = float(eps[1])
+    elif eps_kind == "tiny delta":
+        delta[1, 0, 7, 7] = 1e-30  # spans more than FLOAT32_RANGE: float64 for float32 input
+    args = {"p": p, "bounds": (-1.5, 2.25)}
+    fast = rescaling._common_call(x, delta, eps_arg, p, args["bounds"], 1e-7, 100)
+    assert fast is not None
+    general = car_attacks.clipping_aware_rescaling(
+        ep.astensor(x), ep.astensor(delta), eps_arg, **args
+    )
+    assert torch.equal(fast, general.raw)
+    assert torch.equal(car_attacks.clipping_aware_rescaling(x, delta, eps_arg, **args), fast)
+
+
+@pytest.mark.parametrize(
+    "case", ["plain", "eps at the threshold", "eps below it", "span at the factor", "span below it"]
+)
+def test_the_fused_float64_test_is_needs_float64(small_fused, case):
+    """The float64 test folded into the checked first pass decides as
+    :func:`~car_attacks.core.rescaling.needs_float64` on the EagerPy tensors, also on the
+    float32 rounding boundaries of its thresholds."""
+    x, delta, eps = _problem(16, 4, 0.0, 1.0, 2.0, torch.float32)
+    factor, tiny_eps = (torch.tensor(v, dtype=torch.float32) for v in fused.float64_thresholds(1.0))
+    below = torch.nextafter  # the float32 number just below
+    if case.startswith("eps"):
+        eps[2] = tiny_eps if case == "eps at the threshold" else below(tiny_eps, torch.zeros(()))
+    elif case.startswith("span"):
+        at = delta[3].abs().amax() * factor  # rounded as the test rounds it
+        delta[3, 0, 5, 5] = at if case == "span at the factor" else below(at, torch.zeros(()))
+    stats = fused.checked_first_pass(x, delta, eps, p=2.0, lo=0.0, hi=1.0, below=0.0, above=1.0)
+    expected = rescaling.needs_float64(ep.astensor(delta), ep.astensor(eps), 0.0, 1.0)
+    assert stats.clean and stats.wide == expected
+    assert expected == case.endswith("below it")
+
+
+def test_the_public_kernels_compile_once_for_every_batch_size_and_box(small_fused):
+    from torch._dynamo.utils import counters
+
+    for p in (1.0, 2.0, math.inf):
+        x, delta, eps = _problem(0, 3, 0.0, 1.0, p, torch.float32)
+        car_attacks.clipping_aware_rescaling(x, delta, eps, p=p)
+    graphs = counters["stats"]["unique_graphs"]
+    for n, p in [(7, 2.0), (2, 1.0), (11, math.inf), (4, 2.0)]:
+        x, delta, eps = _problem(n, n, -1.5, 2.25, p, torch.float32)
+        car_attacks.clipping_aware_rescaling(
+            x[:, :, :5], delta[:, :, :5], float(eps[1]), p=p, bounds=(-1.5, 2.25)
+        )
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -60,6 +60,12 @@ on-disk cache, 10-20 s cold: ``2 x 10 s / 30 ns`` is about ``2**29``."""
 FUSED_MIN_SIZE = 1024
 """Values per sample from which the fused path is used (below, the eager solvers are about
 as fast). Per sample, not per batch: a sample takes the same path in any batch."""
+FLOAT32_RANGE = 1e12
+"""The float32 solves for p = 1 and 2 work on ``|delta|`` (p = 2: its square relative to the
+largest), the room and ``eps`` unscaled: the public functions solve in float64 when a
+sample's non-zero ``|delta|`` spans more than this factor, a non-zero ``eps`` is below its
+inverse, the bounds are wider than it, or that span times the width exceeds 1e18 (see
+:func:`~car_attacks.core.rescaling.needs_float64`)."""
 NEXT_BREAKPOINT_STEP = 1e-2
 """Relative Newton step below which a sample also looks at the next breakpoint of ``g``
 (found in every pass of :mod:`~car_attacks.core.fused_newton`): its steps then shrink
@@ -224,16 +230,23 @@ def _checked_first_sums(
     below: float,
     above: float,
     square: bool,
+    span_factor: float,
+    tiny_eps: float,
 ) -> tuple[torch.Tensor, ...]:
-    """:func:`_violations` (with those of ``eps``, ``(N, 1)``: :func:`_eps_violations`),
-    :func:`_first_sums` and the smallest non-zero ``|delta|`` per row (``(N, 1)``, inf where
-    ``delta = 0``) in one pass: the public function's checks and the first Newton pass
-    together."""
+    """The public function's checks and the first Newton pass together, in one pass:
+    ``[every value fine, some sample needs float64]`` (bool, ``(2,)``: :func:`_violations`
+    with those of ``eps``, :func:`_eps_violations`; the test of
+    :func:`~car_attacks.core.rescaling.needs_float64` for :func:`float64_thresholds`
+    rounded to ``x``'s dtype), :func:`_first_sums` and the smallest non-zero ``|delta|`` per
+    row (``(N, 1)``, inf where ``delta = 0``)."""
     s0, reach, largest = _first_sums(x, delta, lo, hi, square)
     size = delta.abs()
     smallest = torch.where(size > 0, size, float("inf")).amin(dim=1, keepdim=True)
     bad = torch.maximum(_violations(x, delta, below, above), _eps_violations(eps))
-    return bad, s0, reach, largest, smallest
+    # float32 products of float32 values: the same rounding wherever they are computed
+    wide = ((eps > 0) & (eps < tiny_eps)) | (smallest < largest * span_factor)
+    flags = torch.stack([(bad <= 0).all(), wide.any()])
+    return flags, s0, reach, largest, smallest
 
 
 def _eps_violations(eps: torch.Tensor) -> torch.Tensor:
@@ -279,7 +292,18 @@ def fusable(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
     their smaller memory use), PyTorch float32/float64 tensors of at least
     :data:`FUSED_MIN_SIZE` values per sample and float bounds. Where only the compiler is
     off in the ``auto`` mode, the values of ``x`` count towards its break-even."""
-    eligible = (
+    if not eligible(x, delta, lo, hi):
+        return False
+    if compile_enabled():
+        return True
+    if compile_mode() == "auto" and not _state["failed"]:
+        _state["declined_values"] += int(x.numel())
+    return False
+
+
+def eligible(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
+    """:func:`fusable` but for the compiler: the types, dtypes, bounds and sizes it asks for."""
+    return (
         isinstance(x, torch.Tensor)
         and isinstance(delta, torch.Tensor)
         and isinstance(lo, float)
@@ -290,13 +314,13 @@ def fusable(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
         and x.shape[0] >= 1
         and x.numel() // x.shape[0] >= FUSED_MIN_SIZE
     )
-    if not eligible:
-        return False
-    if compile_enabled():
-        return True
-    if compile_mode() == "auto" and not _state["failed"]:
-        _state["declined_values"] += int(x.numel())
-    return False
+
+
+def float64_thresholds(width: float) -> tuple[float, float]:
+    """For bounds ``width`` apart (at most :data:`FLOAT32_RANGE`), the factor below
+    ``max |delta|`` under which a non-zero ``|delta_i|`` sends a float32 solve to float64,
+    and the ``eps`` under which a non-zero one does."""
+    return max(1 / FLOAT32_RANGE, width / FLOAT32_RANGE**1.5), 1 / FLOAT32_RANGE
 
 
 def as_dtype_float(value: float, like: torch.Tensor) -> float:
@@ -355,6 +379,10 @@ class InputStats:
     """Of ``other``, or of ``other - x`` (``difference``); ``None`` after the L-inf pass."""
     first: FirstPass | None = None
     """The first pass of the solve (:func:`checked_first_pass`)."""
+    wide: bool | None = None
+    """Whether the p = 1 or 2 solve needs float64
+    (:func:`~car_attacks.core.rescaling.needs_float64`), where :func:`checked_first_pass`
+    found it."""
 
 
 def input_stats(
@@ -399,6 +427,7 @@ def checked_first_pass(
     ``x``'s dtype; it is checked too (finite, ``>= 0``)."""
     n = x.shape[0]
     xf, df = x.detach().reshape(n, -1), delta.detach().reshape(n, -1)
+    lo_given, hi_given = lo, hi
     lo, hi = as_dtype_float(lo, x), as_dtype_float(hi, x)
     below, above = as_dtype_float(below, x), as_dtype_float(above, x)
     eps_col = eps.detach().reshape(n, 1)
@@ -407,13 +436,26 @@ def checked_first_pass(
         return InputStats(
             clean=_no_violation(bad), span=None, first=LinfPass(reach=reach, fastest=fastest)
         )
-    bad, slope, reach, largest, smallest = _CHECKED_FIRST_SUMS(
-        xf, df, eps_col, lo, hi, below, above, p == 2
+    width = hi_given - lo_given
+    span_factor, tiny_eps = float64_thresholds(width)
+    flags, slope, reach, largest, smallest = _CHECKED_FIRST_SUMS(
+        xf,
+        df,
+        eps_col,
+        lo,
+        hi,
+        below,
+        above,
+        p == 2,
+        as_dtype_float(span_factor, x),
+        as_dtype_float(tiny_eps, x),
     )
+    clean, wide = flags.tolist()  # one host sync
     return InputStats(
-        clean=_no_violation(bad),
+        clean=clean,
         span=Span(largest=largest[:, 0], smallest=smallest[:, 0]),
         first=FirstSums(slope=slope, reach=reach, largest=largest),
+        wide=x.dtype != torch.float64 and (width > FLOAT32_RANGE or wide),
     )
 
 

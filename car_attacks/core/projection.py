@@ -60,7 +60,7 @@ def project_lp_ball_box(
     Returns:
         The projection, same type, shape and dtype as ``x0`` (float32 L2 inputs of
         extreme range are computed in float64, see
-        :data:`~car_attacks.core.rescaling.FLOAT32_RANGE`).
+        :data:`~car_attacks.core.fused.FLOAT32_RANGE`).
     """
     (x0_, z_), restore = as_tensors(x0=x0, z=z)
     if parse_p(p) not in PROJECTION_NORMS:

@@ -37,6 +37,7 @@ Normalization and Rescaling", arXiv:2007.07677, 2020.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Literal, ParamSpec
@@ -45,6 +46,7 @@ import eagerpy as ep
 import torch
 
 from . import fused
+from .fused import FLOAT32_RANGE
 from .solvers import (
     RescalingProblem,
     SolveInfo,
@@ -67,7 +69,14 @@ from .tensors import (
     lp_norms,
     room_along,
 )
-from .validation import as_tensors, check_arguments, check_batch, parse_p
+from .validation import (
+    BOUNDS_TOLERANCE,
+    CheckedArguments,
+    as_tensors,
+    check_arguments,
+    check_batch,
+    parse_p,
+)
 
 Method = Literal["newton", "sort", "bisection", "naive"]
 METHODS: tuple[str, ...] = ("newton", "sort", "bisection", "naive")
@@ -75,11 +84,6 @@ BISECTION_RTOL = 1e-7
 """Default bracket width of the bisection baseline: clipped norms within ~1e-7 relative."""
 BISECTION_MAX_STEPS = 100
 """Default step limit of the bisection baseline."""
-FLOAT32_RANGE = 1e12
-"""The float32 solves for p = 1 and 2 work on ``|delta|`` (p = 2: its square relative to the
-largest), the room and ``eps`` unscaled: the public functions solve in float64 when a
-sample's non-zero ``|delta|`` spans more than this factor, a non-zero ``eps`` is below its
-inverse, the bounds are wider than it, or that span times the width exceeds 1e18."""
 
 _Params = ParamSpec("_Params")
 
@@ -111,8 +115,8 @@ def clipping_aware_rescaling(
 
     Returns:
         ``eta`` of shape ``(N, 1, ..., 1)``, the type of ``x`` and its dtype
-        (half precision is computed in float32; float32 inputs of extreme
-        range, see :data:`FLOAT32_RANGE`, and p other than 1, 2 and inf in
+        (half precision is computed in float32; float32 inputs of extreme range, see
+        :data:`~car_attacks.core.fused.FLOAT32_RANGE`, and p other than 1, 2 and inf in
         float64, the latter checked to :data:`~car_attacks.core.solvers.VERIFY_RTOL`).
         Where ``eps`` exceeds the largest attainable clipped norm (see
         :func:`reachable_norm`), the smallest ``eta`` that attains it.
@@ -122,6 +126,10 @@ def clipping_aware_rescaling(
             of ``x``: it overflows (``delta`` tiny compared with ``eps`` and the room
             to the bounds) or is below the smallest normal number though not 0.
     """
+    if method == "newton":
+        fast = _common_call(x, delta, eps, p, bounds, bisection_rtol, bisection_max_steps)
+        if fast is not None:
+            return fast
     (x_, delta_), restore = as_tensors(x=x, delta=delta)
     args = check_arguments(
         x_, delta_, eps, p, bounds, ("x", "delta"), first_pass=method == "newton"
@@ -144,9 +152,7 @@ def clipping_aware_rescaling(
         first=None if args.stats is None else args.stats.first,
     )
     general_p = problem.p not in (1.0, 2.0, math.inf)
-    too_wide = problem.p in (1.0, 2.0) and needs_float64(
-        args.other, args.eps, args.lo, args.hi, span=None if args.stats is None else args.stats.span
-    )
+    too_wide = problem.p in (1.0, 2.0) and _needs_float64(args)
     if general_p or too_wide:
         problem = problem.float64()  # (without the first pass)
     eta, _ = _solve(problem, method, bisection_rtol, bisection_max_steps)
@@ -156,6 +162,104 @@ def clipping_aware_rescaling(
     eta = batch_view(eta, x_.ndim).astype(out_dtype)
     _check_representable(eta, problem)
     return restore(eta)
+
+
+def _common_call(
+    x: Any, delta: Any, eps: Any, p: Any, bounds: Any, rtol: Any, max_steps: Any
+) -> torch.Tensor | None:
+    """:func:`clipping_aware_rescaling` by Newton for the common call, on the PyTorch tensors
+    themselves (no EagerPy around the checks and the closed form): ``x`` and ``delta``
+    plain PyTorch float32/float64 tensors of one shape that :func:`~car_attacks.core.fused.fusable`
+    takes with the compiler on, no gradient taken, float bounds, p = 1, 2 or inf and ``eps``
+    a float or a tensor ``(N,)`` of ``x``'s dtype and device. The same operations as the
+    general path, so the same ``eta`` bit for bit; ``None`` where the call is another one or
+    a check fails (the general path then raises, in its order)."""
+    if type(x) is not torch.Tensor or type(delta) is not torch.Tensor:
+        return None
+    if not (type(rtol) is float and rtol > 0 and type(max_steps) is int and max_steps >= 1):
+        return None
+    p_ = parse_p(p)  # the first check of the general path too
+    if p_ not in (1.0, 2.0, math.inf) or x.shape != delta.shape:
+        return None
+    lo_hi = _float_bounds(bounds, x.dtype)
+    if lo_hi is None or not fused.eligible(x, delta, *lo_hi) or not fused.compile_enabled():
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or delta.requires_grad):
+        return None
+    eps_t = _per_sample_eps(eps, x)
+    if eps_t is None:
+        return None
+    lo, hi = lo_hi
+    tol = (hi - lo) * BOUNDS_TOLERANCE
+    stats = fused.checked_first_pass(
+        x, delta, eps_t, p=p_, lo=lo, hi=hi, below=lo - tol, above=hi + tol
+    )
+    if not stats.clean:
+        return None
+    problem = RescalingProblem(
+        x=ep.astensor(x), delta=ep.astensor(delta), eps=ep.astensor(eps_t), p=p_, lo=lo, hi=hi
+    )
+    if p_ == math.inf:
+        first = stats.first if isinstance(stats.first, fused.LinfPass) else None
+        eta = fused.linf_eta_fused(x, delta, eps_t, lo=lo, hi=hi, first=first)
+    else:
+        if stats.wide:
+            problem = problem.float64()
+        else:
+            problem = dataclasses.replace(problem, first=stats.first)
+        eta = solve_power(problem, "newton")[0].raw
+    eta = eta.reshape((eta.shape[0],) + (1,) * (x.ndim - 1)).to(x.dtype)
+    info = torch.finfo(eta.dtype)
+    smallest, largest = (float(v) for v in torch.aminmax(eta))
+    if not info.tiny <= smallest <= largest < info.max:  # rare (or NaN): the general check
+        _check_representable(ep.astensor(eta), problem)
+    return eta
+
+
+def _needs_float64(args: CheckedArguments) -> bool:
+    """:func:`needs_float64` of checked arguments of p = 1 or 2 (found by the fused checks,
+    where they ran)."""
+    if args.stats is not None and args.stats.wide is not None:
+        return args.stats.wide
+    span = None if args.stats is None else args.stats.span
+    return needs_float64(args.other, args.eps, args.lo, args.hi, span=span)
+
+
+def _float_bounds(bounds: Any, dtype: torch.dtype) -> tuple[float, float] | None:
+    """``bounds`` as floats where they are a pair of Python numbers that
+    :func:`~car_attacks.core.validation.as_bounds` accepts for ``dtype``, else ``None``."""
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        return None
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        return None
+    try:
+        lo, hi = float(bounds[0]), float(bounds[1])
+    except OverflowError:
+        return None
+    largest = torch.finfo(dtype).max
+    if not (-largest <= lo < hi <= largest and hi - lo <= largest):
+        return None
+    return lo, hi
+
+
+def _per_sample_eps(eps: Any, like: torch.Tensor) -> torch.Tensor | None:
+    """``eps`` as :func:`~car_attacks.core.validation.as_eps` gives it where it is a float
+    it accepts for ``like`` (filled to ``(N,)``) or a tensor ``(N,)`` of ``like``'s dtype and
+    device taking no gradient (its values are checked in the fused pass), else ``None``."""
+    n = like.shape[0]
+    if type(eps) is float or type(eps) is int:
+        try:
+            value = float(eps)
+        except OverflowError:
+            return None
+        if not 0 <= value <= torch.finfo(like.dtype).max:  # NaN fails too
+            return None
+        return torch.full((n,), value, dtype=like.dtype, device=like.device)
+    if type(eps) is not torch.Tensor or tuple(eps.shape) != (n,):
+        return None
+    if eps.dtype != like.dtype or eps.device != like.device:
+        return None
+    return None if eps.requires_grad and torch.is_grad_enabled() else eps
 
 
 def reachable_norm(x: Any, delta: Any, *, p: float | str = 2, bounds: Any = UNIT_BOUNDS) -> Any:
@@ -197,10 +301,11 @@ def needs_float64(
     delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound, *, span: fused.Span | None = None
 ) -> bool:
     """Whether a p = 1 or 2 problem in float32 (``delta`` and ``eps`` of the compute dtype)
-    is outside :data:`FLOAT32_RANGE`: its squares could lose coordinates or ``eps``, or the
-    scales it passes through on the way (``t``, the breakpoints ``r_i / |delta_i|``, up to
-    ``width max|delta| / min|delta|``) could leave float32's normal range. ``span``: the
-    largest and smallest non-zero ``|delta_i|`` per sample, where the fused checks found them."""
+    is outside :data:`~car_attacks.core.fused.FLOAT32_RANGE`: its squares could lose
+    coordinates or ``eps``, or the scales it passes through on the way (``t``, the
+    breakpoints ``r_i / |delta_i|``, up to ``width max|delta| / min|delta|``) could leave
+    float32's normal range. ``span``: the largest and smallest non-zero ``|delta_i|`` per
+    sample, where the fused checks found them."""
     if dtype_name(delta) == "float64":
         return False
     width = hi - lo
@@ -209,11 +314,11 @@ def needs_float64(
         return True
     # some non-zero |delta_i| below max |delta| / FLOAT32_RANGE (or, times widest, below
     # max |delta| / FLOAT32_RANGE^1.5), without dividing
-    factor = max(1 / FLOAT32_RANGE, widest / FLOAT32_RANGE**1.5)
+    factor, smallest_eps = fused.float64_thresholds(widest)
     if span is not None and isinstance(eps.raw, torch.Tensor):  # one test, one sync
-        tiny_eps = (eps.raw > 0) & (eps.raw < 1 / FLOAT32_RANGE)
+        tiny_eps = (eps.raw > 0) & (eps.raw < smallest_eps)
         return bool((tiny_eps | (span.smallest < span.largest * factor)).any())
-    if ep.logical_and(eps > 0, eps < 1 / FLOAT32_RANGE).any().item():
+    if ep.logical_and(eps > 0, eps < smallest_eps).any().item():
         return True
     if span is not None:
         return bool((span.smallest < span.largest * factor).any())
