@@ -18,9 +18,21 @@ from car_attacks.benchmarks.paper_car import (
     paper_l2_rescaling_numpy,
     paper_l2_rescaling_torch,
 )
-from car_attacks.benchmarks.rescaling_cases import QUICK_SIZES, achieved_rel_errors
-from car_attacks.benchmarks.rescaling_methods import EXACT_METHODS, PAPER, VENDORED
-from car_attacks.benchmarks.rescaling_timing import main, time_calls
+from car_attacks.benchmarks.rescaling_cases import QUICK_SIZES, achieved_rel_errors, make_case
+from car_attacks.benchmarks.rescaling_methods import (
+    EXACT_METHODS,
+    NEWTON_API,
+    PAPER,
+    SOLVER_METHODS,
+    VENDORED,
+    methods_for,
+)
+from car_attacks.benchmarks.rescaling_timing import (
+    build_parser,
+    config_from_args,
+    main,
+    time_calls,
+)
 
 # ------------------------------------------------------------------ memory tracker
 
@@ -192,3 +204,61 @@ def test_every_timed_call_follows_an_untimed_call_of_the_same_function() -> None
     times = time_calls(fns, repeats=2, warmup=1)
     assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2}
     assert calls == ["a", "b", "c"] + ["a", "a", "b", "b", "c", "c"] * 2
+
+
+def test_sync_brackets_every_timed_call() -> None:
+    """On an asynchronous device the clock starts and stops after a synchronisation."""
+    events: list[str] = []
+    fns = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    time_calls(fns, repeats=1, warmup=0, sync=lambda: events.append("sync"))
+    assert events == ["a", "sync", "a", "sync", "b", "sync", "b", "sync"]
+
+
+def test_newton_api_is_timed_right_after_newton() -> None:
+    """The API and the core solve it wraps see the same cache state in a round."""
+    for p in (1.0, 2.0, math.inf):
+        methods = methods_for(p)
+        assert methods[:2] == ["newton", NEWTON_API]
+        assert sorted(methods) == sorted(
+            set(SOLVER_METHODS) | {NEWTON_API} | ({PAPER, VENDORED} if p == 2 else set())
+        )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "cuda:x"], "--device: not a torch device: 'cuda:x'"),
+        (["--device", "meta", "--backends", "torch,numpy"], "NumPy runs on the CPU"),
+        (["--device", "meta", "--backends", "torch", "--clock", "cpu"], "does not see device"),
+    ],
+)
+def test_device_option_rejects_bad_combinations(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        config_from_args(build_parser().parse_args(["--quick", *argv]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_device_cuda_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(SystemExit, match="--device cuda: CUDA is not available here"):
+        config_from_args(
+            build_parser().parse_args(["--quick", "--device", "cuda", "--backends", "torch"])
+        )
+
+
+def test_device_option_reaches_the_cases() -> None:
+    """``--device`` puts the PyTorch inputs on that device (here: the CPU spelled out)."""
+    args = build_parser().parse_args(["--quick", "--device", "cpu", "--backends", "torch"])
+    config = config_from_args(args)
+    assert config.device == "cpu"
+    x64 = np.zeros((2, 4))
+    case = make_case(
+        backend="torch",
+        size="s",
+        dtype="float32",
+        x64=x64,
+        d64=x64,
+        eps=1.0,
+        p=2.0,
+        device=config.device,
+    )
+    assert case.x.device == torch.device("cpu") and case.eps_ep.raw.device == torch.device("cpu")

@@ -1,6 +1,7 @@
 """Peak extra memory of a call: tensors allocated by PyTorch ops (CPU or GPU) and NumPy buffers.
 
-CPU PyTorch has no ``torch.cuda.max_memory_allocated``; :class:`TorchPeakMemory` records
+On CUDA, :func:`cuda_peak_bytes` reads the caching allocator's peak. CPU PyTorch has no
+``torch.cuda.max_memory_allocated``; :class:`TorchPeakMemory` records
 the storage of every op output through a ``TorchDispatchMode``. Each new storage (keyed by
 its data pointer, so views and in-place results are not counted twice, and storages that
 existed before the call are never counted) adds its ``nbytes`` when created and a weakref
@@ -23,7 +24,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["TorchPeakMemory", "measure_peak_bytes", "numpy_peak_bytes", "torch_peak_bytes"]
+__all__ = [
+    "TorchPeakMemory",
+    "cuda_peak_bytes",
+    "measure_peak_bytes",
+    "numpy_peak_bytes",
+    "torch_peak_bytes",
+]
 
 R = TypeVar("R")
 
@@ -104,8 +111,23 @@ def numpy_peak_bytes(fn: Callable[[], R]) -> tuple[R, int]:
     return result, max(0, peak - base)
 
 
-def measure_peak_bytes(fn: Callable[[], R], backend: str) -> tuple[R, int]:
-    """Peak extra bytes of ``fn()`` for ``backend`` ``"torch"`` or ``"numpy"``."""
+def cuda_peak_bytes(fn: Callable[[], R]) -> tuple[R, int]:
+    """Call ``fn`` on a CUDA device; return its result and the peak of the caching
+    allocator's allocated bytes above those allocated before (this sees inside compiled
+    kernels, which the dispatch-mode probe cannot)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, max(0, torch.cuda.max_memory_allocated() - base)
+
+
+def measure_peak_bytes(fn: Callable[[], R], backend: str, device: str = "cpu") -> tuple[R, int]:
+    """Peak extra bytes of ``fn()`` for ``backend`` ``"torch"`` (on ``device``) or
+    ``"numpy"``."""
+    if backend == "torch" and torch.device(device).type == "cuda":
+        return cuda_peak_bytes(fn)
     if backend == "torch":
         return torch_peak_bytes(fn)
     if backend == "numpy":

@@ -47,6 +47,9 @@ class BenchConfig:
     """``torch.set_num_threads`` before the run; ``None`` keeps PyTorch's default."""
     clock: str = "wall"
     """``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``)."""
+    device: str = "cpu"
+    """Torch device of the PyTorch cases (``"cuda"``: timings synchronise the device and
+    memory is CUDA's allocator peak); NumPy cases always run on the CPU."""
 
 
 def p_label(p: float) -> str:
@@ -129,17 +132,25 @@ class Case:
 
 
 def make_case(
-    *, backend: str, size: str, dtype: str, x64: F64, d64: F64, eps: float, p: float
+    *,
+    backend: str,
+    size: str,
+    dtype: str,
+    x64: F64,
+    d64: F64,
+    eps: float,
+    p: float,
+    device: str = "cpu",
 ) -> Case:
     """The case of ``backend`` (``"torch"`` or ``"numpy"``) and ``dtype`` for the float64
-    inputs of one size."""
+    inputs of one size; PyTorch tensors live on ``device``."""
     xn = np.ascontiguousarray(x64.astype(dtype))
     dn = np.ascontiguousarray(d64.astype(dtype))
     epsn = np.full((x64.shape[0],), eps, dtype=dtype)
     if backend == "torch":
-        x: Any = torch.from_numpy(xn)
-        d: Any = torch.from_numpy(dn)
-        eps_ep: ep.Tensor = ep.astensor(torch.from_numpy(epsn))
+        x: Any = torch.from_numpy(xn).to(device)
+        d: Any = torch.from_numpy(dn).to(device)
+        eps_ep: ep.Tensor = ep.astensor(torch.from_numpy(epsn).to(device))
     elif backend == "numpy":
         x, d, eps_ep = xn, dn, ep.astensor(epsn)
     else:

@@ -154,6 +154,8 @@ class Environment:
     loadavg_1m_before: float | None
     compile_seconds: dict[str, float] = field(default_factory=dict)
     """First (compiling) call of each fused kernel, seconds (not in the timings)."""
+    device: str = "cpu"
+    """Device of the PyTorch cases, with the GPU's name on CUDA."""
 
 
 @dataclass(kw_only=True)
@@ -367,7 +369,8 @@ def report(result: BenchResult) -> str:
     lines = [format_table(result.rows), ""]
     lines.append(
         "steps: bisection steps / newton iterations; peak mem in units of x.nbytes"
-        " (torch: op outputs via dispatch mode; numpy: tracemalloc); passes: median over the"
+        " (torch on CPU: op outputs via dispatch mode; CUDA: the allocator's peak; numpy:"
+        " tracemalloc); passes: median over the"
         " one-pass clip(x + delta) timed alongside"
     )
     compiled = result.environment.compile_seconds
@@ -383,7 +386,7 @@ def report(result: BenchResult) -> str:
     lines.append(
         f"load average (1 min) before/after: {_fmt(env.loadavg_1m_before, '.2f')}/"
         f"{_fmt(env.loadavg_1m, '.2f')} on {env.cpu_count} CPUs, torch threads "
-        f"{env.torch_num_threads}, clock {result.config.clock}"
+        f"{env.torch_num_threads}, clock {result.config.clock}, device {env.device}"
         " (wall-clock timings are unreliable when the load exceeds the CPUs)"
     )
     if result.config.quick:

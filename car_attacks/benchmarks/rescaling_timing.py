@@ -73,6 +73,7 @@ def time_calls(
     warmup: int,
     tick: Callable[[], None] | None = None,
     clock: str = "wall",
+    sync: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Milliseconds of ``repeats`` calls of each function after ``warmup`` untimed calls.
 
@@ -82,7 +83,8 @@ def time_calls(
     cache (as inside an attack, where the step has just written them), whatever ran
     before it in the round: otherwise a function that follows one reading the same
     tensors looks faster than one that follows a function flushing them. ``tick`` runs
-    after each round.
+    after each round. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the clock
+    starts and before it stops, so asynchronous devices are timed to completion.
     """
     now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -93,8 +95,12 @@ def time_calls(
             for name, fn in fns.items():
                 if round_ >= warmup:
                     fn()  # the same cache state for every function
+                if sync is not None:
+                    sync()
                 t0 = now()
                 fn()
+                if sync is not None:
+                    sync()
                 if round_ >= warmup:
                     times[name].append((now() - t0) * 1e3)
             if tick is not None:
@@ -116,7 +122,10 @@ def _bench_case(
         tick()
     fns = {m: method_call(case, m, rtol, max_steps) for m in methods}
     references = reference_calls(case)
-    times = time_calls(fns | references, config.repeats, config.warmup, tick, config.clock)
+    sync = torch.cuda.synchronize if _is_cuda(config.device) else None
+    times = time_calls(
+        fns | references, config.repeats, config.warmup, tick, config.clock, sync=sync
+    )
     one_pass_ms = statistics.median(times[ONE_PASS])
     project_ms = statistics.median(times[PROJECT])
     rows = []
@@ -135,7 +144,7 @@ def _bench_case(
         err = float(achieved_rel_errors(case.x64, case.d64, eta, case.eps, case.p).max())
         peak: int | None = None
         if config.measure_memory:
-            _, peak = measure_peak_bytes(fns[method], case.backend)
+            _, peak = measure_peak_bytes(fns[method], case.backend, config.device)
         rows.append(
             Row(
                 backend=case.backend,
@@ -163,8 +172,20 @@ def _bench_case(
     return rows
 
 
-def environment(load_before: float | None) -> Environment:
-    """Versions, CPU count, platform, load, and the hashes of the timed maths modules."""
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def _device_name(device: str) -> str:
+    """``"cpu"``, or the device string with the GPU's name."""
+    if _is_cuda(device):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def environment(load_before: float | None, device: str = "cpu") -> Environment:
+    """Versions, CPU count, platform, load, device, and the hashes of the timed maths
+    modules."""
     try:
         affinity: int | None = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -186,6 +207,7 @@ def environment(load_before: float | None) -> Environment:
         solvers_sha256=_source_sha256(solvers.__file__),
         loadavg_1m_before=load_before,
         compile_seconds=fused.compile_seconds(),
+        device=_device_name(device),
     )
 
 
@@ -226,10 +248,17 @@ def run_benchmark(config: BenchConfig | None = None) -> BenchResult:
                     for backend in config.backends:
                         bar.set_description(f"{backend} {size} {dtype} p={p_label(p)}")
                         case = make_case(
-                            backend=backend, size=size, dtype=dtype, x64=x64, d64=d64, eps=eps, p=p
+                            backend=backend,
+                            size=size,
+                            dtype=dtype,
+                            x64=x64,
+                            d64=d64,
+                            eps=eps,
+                            p=p,
+                            device=config.device,
                         )
                         rows.extend(_bench_case(case, config, bar.update))
-        env = environment(load_before)
+        env = environment(load_before, config.device)
     finally:
         bar.close()
         torch.set_num_threads(threads_before)
@@ -273,6 +302,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="wall: perf_counter (default); cpu: process_time, robust to other load "
         "when combined with --threads 1",
     )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the PyTorch cases, e.g. cuda (needs --backends torch and "
+        "--clock wall; timings synchronise the device)",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--fail-on-target", action="store_true", help="exit 1 if a target fails")
@@ -289,11 +324,23 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     unknown = [n for n in names if n not in all_sizes]
     if unknown:
         raise SystemExit(f"unknown size(s) {unknown}; choose from {list(all_sizes)}")
+    backends = _split(args.backends)
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"--device: not a torch device: {args.device!r} ({exc})") from None
+    if device.type != "cpu":
+        if "numpy" in backends:
+            raise SystemExit(f"--device {args.device}: NumPy runs on the CPU; use --backends torch")
+        if args.clock == "cpu":
+            raise SystemExit(f"--device {args.device}: --clock cpu does not see device time")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: CUDA is not available here")
     return BenchConfig(
         sizes={n: all_sizes[n] for n in names},
         dtypes=_split(args.dtypes),
         ps=tuple(float(p) for p in _split(args.ps)),
-        backends=_split(args.backends),
+        backends=backends,
         repeats=args.repeats if args.repeats is not None else (2 if args.quick else 5),
         warmup=args.warmup,
         target_rel_err=args.target_rel_err,
@@ -303,6 +350,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         quick=args.quick,
         threads=args.threads,
         clock=args.clock,
+        device=args.device,
     )
 
 
