@@ -31,7 +31,7 @@ from car_attacks.evaluation import (
     shipped_configs,
 )
 from car_attacks.evaluation.records import TIMING_KEYS, AttackRecord, UnitRecord
-from car_attacks.evaluation.runner import _Executor
+from car_attacks.evaluation.runner import _Executor, warm_up
 from car_attacks.evaluation.storage import RunStore
 
 TINY_SHAPE = (3, 8, 8)
@@ -688,3 +688,32 @@ def test_init_is_only_for_minimization_attacks(tiny: None) -> None:
     raw = tiny_raw()
     raw["attacks"][2]["init"] = "batch_blend"
     assert parse_config(raw).attacks[2].init == "batch_blend"
+
+
+def test_warm_up_counts_no_query_and_leaves_no_grad() -> None:
+    """The untimed pass before the first attack unit: one forward of the plain model, an
+    input gradient, no ``.grad`` on parameters, mode and the caller's input untouched."""
+    calls: list[int] = []
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    net.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    net.eval()
+    x = torch.rand(4, 3, 2, 2)
+    with torch.no_grad():  # a caller without gradients still warms the backward pass
+        warm_up(net, x)
+    assert calls == [4]
+    assert all(p.grad is None for p in net.parameters())
+    assert not x.requires_grad and x.grad is None and not net.training
+
+
+def test_executor_warms_up_once_before_the_first_attack_unit(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from car_attacks.evaluation import runner
+
+    warmed: list[int] = []
+    real = runner.warm_up
+    monkeypatch.setattr(runner, "warm_up", lambda model, x: (warmed.append(len(x)), real(model, x)))
+    cfg, _ = load_config(write_tiny_config(tmp_path / "tiny.yaml"))
+    summary = run_experiment(cfg, tmp_path / "r", progress=False, report=False)
+    assert summary.units_failed == 0
+    assert len(warmed) == 1
