@@ -27,7 +27,7 @@ import car_attacks.attacks as ca
 from car_attacks.data import load_samples
 from car_attacks.models import load_model
 
-Factory = Callable[[str], Any]
+Factory = Callable[[ca.Rescaling], Any]
 
 
 def families() -> dict[str, list[tuple[str, float, float, Factory, Any]]]:

@@ -91,7 +91,7 @@ def main() -> None:
         (f"1 process x {tpp} thread(s)", base, tpp, 1),
         (f"{args.nproc} processes x {tpp} thread(s)", torchrun, tpp, args.nproc),
     ]
-    rows = []
+    rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_sharding_"))
     reference: dict[str, dict[str, Any]] | None = None
     try:
