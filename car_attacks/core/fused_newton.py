@@ -19,6 +19,7 @@ sample takes the same iterates and the same number of passes in any batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -127,43 +128,36 @@ def _materialized_powers(
     return _powers(x, delta, d_scale, lo, hi, square)
 
 
-def _newton_first(
-    dp: torch.Tensor,
-    rp: torch.Tensor,
-    t: torch.Tensor,
-    s: torch.Tensor,
-    previous: torch.Tensor,
-    done: torch.Tensor,
-    near: torch.Tensor,
-    count: torch.Tensor,
-    target: torch.Tensor,
-    next_step: float,
-) -> tuple[torch.Tensor, ...]:
-    """:data:`UNROLLED` iterations (:func:`_steps`) and the summary."""
-    out = _steps(dp, rp, (t, s, previous, done, near, count), target, next_step, UNROLLED)
-    return (*out, _summary(out[3], out[5]))
+def _newton_passes(passes: int | None, name: str) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The function to compile of ``passes`` Newton iterations (:func:`_steps`; ``None``:
+    :data:`UNROLLED`, read when it runs) and the summary, named ``name`` (the key of its
+    compile time)."""
 
+    def run(
+        dp: torch.Tensor,
+        rp: torch.Tensor,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        previous: torch.Tensor,
+        done: torch.Tensor,
+        near: torch.Tensor,
+        count: torch.Tensor,
+        target: torch.Tensor,
+        next_step: float,
+    ) -> tuple[torch.Tensor, ...]:
+        state = (t, s, previous, done, near, count)
+        out = _steps(dp, rp, state, target, next_step, UNROLLED if passes is None else passes)
+        return (*out, _summary(out[3], out[5]))
 
-def _newton_more(
-    dp: torch.Tensor,
-    rp: torch.Tensor,
-    t: torch.Tensor,
-    s: torch.Tensor,
-    previous: torch.Tensor,
-    done: torch.Tensor,
-    near: torch.Tensor,
-    count: torch.Tensor,
-    target: torch.Tensor,
-    next_step: float,
-) -> tuple[torch.Tensor, ...]:
-    """One more iteration (:func:`_steps`) and the summary."""
-    out = _steps(dp, rp, (t, s, previous, done, near, count), target, next_step, 1)
-    return (*out, _summary(out[3], out[5]))
+    run.__name__ = run.__qualname__ = name
+    return run
 
 
 _POWERS = _Kernel(_materialized_powers)
-_NEWTON_FIRST = _Kernel(_newton_first)
-_NEWTON_MORE = _Kernel(_newton_more)
+_NEWTON_FIRST = _Kernel(_newton_passes(None, "_newton_first"))
+"""The first :data:`UNROLLED` iterations."""
+_NEWTON_MORE = _Kernel(_newton_passes(1, "_newton_more"))
+"""One more iteration, for the rare sample that needs it."""
 
 
 def newton_power(
