@@ -118,6 +118,11 @@ def results(run_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _errors(run_dir: Path) -> str:
+    """The error records of a run (every shard's and the merged file), for failure messages."""
+    return "\n".join(p.read_text() for p in sorted(run_dir.rglob("errors*.jsonl")))
+
+
 def stored_line_counts(run_dir: Path) -> Counter[str]:
     """How often each unit appears in the result files (duplicates included)."""
     counts: Counter[str] = Counter()
@@ -171,7 +176,8 @@ def test_two_processes_equal_one(
     out = tmp_path / "sharded"
     proc = _finish(_torchrun(2) + ["run", str(config_file), "--out", str(out), "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert results(out) == reference
+    # (a unit that raised is in errors.jsonl: shown, since it once failed here under load)
+    assert results(out) == reference, (_errors(out), proc.stderr[-3000:])
     assert set(stored_line_counts(out).values()) == {1}
     assert not list((out / "results").glob("*.rank*.jsonl"))  # rank 0 merged the shards
     manifest = json.loads((out / "manifest.json").read_text())
@@ -305,3 +311,30 @@ def test_rank_zero_errors_reach_every_rank(config_file: Path, tmp_path: Path) ->
     assert proc.stderr.count("is not empty and is not a car-attacks run directory") == 2
     assert "car_attacks/" not in proc.stderr  # no traceback of ours (torchrun prints its own)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+class _RecordingDistributed(Distributed):
+    """A single process that records which functions it runs "on rank 0" for all ranks."""
+
+    names: list[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "names", [])
+
+    def on_main(self, fn: Any) -> Any:
+        self.names.append(getattr(fn, "__name__", repr(fn)))
+        return super().on_main(fn)
+
+
+def test_every_rank_shards_rank_0s_list_of_pending_units(tmp_path: Path) -> None:
+    """The units to share out are rank 0's view, given to every rank: a rank that read
+    the directory itself could see a unit rank 0 had already finished, shard a shorter
+    list and leave a unit to no rank (it happened under load)."""
+    dist = _RecordingDistributed()
+    summary = run_experiment(
+        parse_config(CONFIG), tmp_path / "r", progress=False, report=False, dist=dist
+    )
+    assert summary.units_failed == 0
+    assert "pending" in dist.names
+    assert dist.names.index("begin") < dist.names.index("pending")

@@ -373,7 +373,10 @@ def _run(
 
     with session:
         dist.on_main(session.begin)
-        todo = session.pending()
+        # rank 0's view, given to every rank: a rank that looked at the directory itself
+        # could see a unit rank 0 had already finished, shard a different list and leave
+        # a unit to nobody (seen under load: one clean unit missing from a 2-rank run)
+        todo = dist.on_main(session.pending)
         mine = shard(todo, dist, group=lambda u: u.method)
         skipped = len(units) - len(todo)
         if skipped:
