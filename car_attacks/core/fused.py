@@ -59,7 +59,9 @@ ImageNet sizes, ``scripts/bench_rescaling.py``) and compiling about 5 s with a w
 on-disk cache, 10-20 s cold: ``2 x 10 s / 30 ns`` is about ``2**29``."""
 FUSED_MIN_SIZE = 1024
 """Values per sample from which the fused path is used (below, the eager solvers are about
-as fast). Per sample, not per batch: a sample takes the same path in any batch."""
+as fast; on CUDA too: L2 PGD on 10,000 Fashion-MNIST images of 784 values spent 0.25 s
+rescaling fused against 0.14 s eager on an H200). Per sample, not per batch: a sample
+takes the same path in any batch."""
 FLOAT32_RANGE = 1e12
 """The float32 solves for p = 1 and 2 work on ``|delta|`` (p = 2: its square relative to the
 largest), the room and ``eps`` unscaled: the public functions solve in float64 when a
@@ -102,6 +104,12 @@ def compile_seconds() -> dict[str, float]:
     return dict(_state["compile_s"])
 
 
+def record_compile(name: str, seconds: float) -> None:
+    """Add ``seconds`` of compiling kernel ``name`` to :func:`compile_seconds` (kept out of
+    the rescaling time of evaluation reports: :mod:`~car_attacks.core.clock`)."""
+    _state["compile_s"][name] = _state["compile_s"].get(name, 0.0) + seconds
+
+
 def _compiled_graphs() -> int:
     """Graphs dynamo has compiled in this process (its ``unique_graphs`` statistic)."""
     from torch._dynamo.utils import counters
@@ -140,9 +148,7 @@ class _Kernel:
             )
             return self.fn(*args)
         if first or _compiled_graphs() != graphs:
-            spent = time.perf_counter() - start
-            name = self.fn.__name__
-            _state["compile_s"][name] = _state["compile_s"].get(name, 0.0) + spent
+            record_compile(self.fn.__name__, time.perf_counter() - start)
         return out
 
 
