@@ -115,6 +115,16 @@ def fashion_mnist() -> FashionMnist:
 
 
 @pytest.fixture
+def inductor_newton(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The compiled (inductor) Newton solve on the CPU, not the C kernel that takes its
+    place where it builds (:mod:`car_attacks.core.native_newton`)."""
+    from car_attacks.core import native_newton
+
+    monkeypatch.setitem(native_newton._state, "failed", True)
+    yield
+
+
+@pytest.fixture
 def small_fused(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The fused path for the small test shapes, compiling (compilation is opt-in)."""
     from car_attacks.core import fused

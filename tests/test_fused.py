@@ -17,7 +17,7 @@ import torch
 from oracles import bisection_eta
 
 import car_attacks
-from car_attacks.core import fused, fused_newton, rescaling
+from car_attacks.core import fused, fused_newton, native_newton, rescaling
 from car_attacks.core.rescaling import solve_eta_with_info
 
 SHAPE = (3, 12, 12)
@@ -49,13 +49,21 @@ def _solve(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, p: float, bo
 
 
 def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eager solvers from now on: no fused path, no C Newton kernel."""
     monkeypatch.setattr(fused, "FUSED_MIN_SIZE", 1 << 60)
+    monkeypatch.setitem(native_newton._state, "failed", True)
 
 
+@pytest.mark.parametrize("newton", ["native", "inductor"])
 @pytest.mark.parametrize("bounds", BOUNDS)
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_solve_matches_eager_and_oracle(small_fused, monkeypatch, bounds, p, dtype):
+def test_fused_solve_matches_eager_and_oracle(small_fused, monkeypatch, bounds, p, dtype, newton):
+    """The fused path with the C Newton kernel (where it builds) or inductor's."""
+    if newton == "inductor":
+        monkeypatch.setitem(native_newton._state, "failed", True)
+    else:
+        assert native_newton.available(torch.zeros(1)), "the C kernel builds here"
     x, delta, eps = _problem(3, 5, *bounds, p, dtype)
     eta, info = _solve(x, delta, eps, p, bounds)
     _eager(monkeypatch)
@@ -68,7 +76,7 @@ def test_fused_solve_matches_eager_and_oracle(small_fused, monkeypatch, bounds, 
     np.testing.assert_allclose(eta.double().numpy(), oracle, rtol=10 * rtol, atol=0)
 
 
-def test_the_kernels_compile_once_for_every_batch_size(small_fused, monkeypatch):
+def test_the_kernels_compile_once_for_every_batch_size(small_fused, inductor_newton, monkeypatch):
     from torch._dynamo.utils import counters
 
     for p in (1.0, 2.0, math.inf):
@@ -122,7 +130,7 @@ def test_the_path_depends_on_the_size_of_a_sample_not_of_the_batch() -> None:
     assert not fused.fusable(small, small, 0.0, 1.0)
 
 
-def test_compiler_failure_warns_once_and_runs_eagerly(small_fused, monkeypatch):
+def test_compiler_failure_warns_once_and_runs_eagerly(small_fused, inductor_newton, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
@@ -294,7 +302,9 @@ def test_a_sample_does_not_depend_on_the_batch_when_newton_ends_early(small_fuse
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0])
-def test_newton_goes_on_one_pass_per_call_after_the_unrolled_ones(small_fused, monkeypatch, p):
+def test_newton_goes_on_one_pass_per_call_after_the_unrolled_ones(
+    small_fused, inductor_newton, monkeypatch, p
+):
     x, delta, eps = _problem(18, 6, 0.0, 1.0, p, torch.float32)
     eta, info = _solve(x, delta, eps, p, (0.0, 1.0))
     calls: list[int] = []

@@ -16,7 +16,7 @@ import torch
 from oracles import dykstra_projection
 
 import car_attacks
-from car_attacks.core import fused, fused_projection
+from car_attacks.core import fused, fused_projection, native_newton
 from car_attacks.core.l1_threshold import L1_NEWTON_MAX_ITER, _newton
 
 SHAPE = (3, 8, 8)
@@ -24,7 +24,9 @@ BOUNDS = [(0.0, 1.0), (0.0, 255.0), (-1.5, 2.25)]
 
 
 def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eager solvers from now on: no fused path, no C Newton kernel."""
     monkeypatch.setattr(fused, "FUSED_MIN_SIZE", 1 << 60)
+    monkeypatch.setitem(native_newton._state, "failed", True)
 
 
 def _problem(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import fused, triton_newton
+from . import fused, native_newton, triton_newton
 from .fused import FirstSums, _Kernel, _powers, _row_sum, as_dtype_float
 
 UNROLLED = 4
@@ -176,16 +176,18 @@ def newton_power(
     ``max |delta|``, the scale of p = 2, or comes from the input checks, ``first``).
 
     The same iterates as :func:`~car_attacks.core.solvers.solve_power` (``"newton"``). On
-    CUDA the solve is one Triton kernel (:mod:`~car_attacks.core.triton_newton`; it redoes
-    the pass at ``t = 0`` rather than wait for ``first``)."""
+    CUDA the solve is one Triton kernel (:mod:`~car_attacks.core.triton_newton`), on the
+    CPU a C kernel (:mod:`~car_attacks.core.native_newton`), where they run; both redo the
+    pass at ``t = 0`` rather than take ``first``."""
     n = x.shape[0]
     xf, df = x.detach().reshape(n, -1), delta.detach().reshape(n, -1)
     lo, hi = as_dtype_float(lo, x), as_dtype_float(hi, x)
-    if triton_newton.available(x):  # CUDA: the whole solve in one launch
-        eps_col = eps.detach().reshape(n, 1)
-        run = triton_newton.newton_power(xf, df, eps_col, p=p, lo=lo, hi=hi, max_iter=max_iter)
-        if run is not None:
-            return run
+    for kernel in (triton_newton, native_newton):  # CUDA / CPU: one sample at a time
+        if kernel.available(x):
+            eps_col = eps.detach().reshape(n, 1)
+            run = kernel.newton_power(xf, df, eps_col, p=p, lo=lo, hi=hi, max_iter=max_iter)
+            if run is not None:
+                return run
     square, next_step = p == 2, fused.NEXT_BREAKPOINT_STEP
     if first is None:
         slope0, reach, largest = fused._FIRST_SUMS(xf, df, lo, hi, square)

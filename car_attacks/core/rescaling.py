@@ -45,12 +45,14 @@ from typing import Any, Literal, ParamSpec
 import eagerpy as ep
 import torch
 
-from . import fused
+from . import fused, native_newton
 from .fused import FLOAT32_RANGE
 from .solvers import (
+    NEWTON_MAX_ITER,
     RescalingProblem,
     SolveInfo,
     bisection,
+    eta_from_newton,
     linf_eta,
     naive_eta,
     solve_power,
@@ -182,7 +184,10 @@ def _common_call(
     if p_ not in (1.0, 2.0, math.inf) or x.shape != delta.shape:
         return None
     lo_hi = _float_bounds(bounds, x.dtype)
-    if lo_hi is None or not fused.eligible(x, delta, *lo_hi) or not fused.compile_enabled():
+    if lo_hi is None:
+        return None
+    native = p_ != math.inf and native_newton.eligible(x, delta, *lo_hi)
+    if not native and not (fused.eligible(x, delta, *lo_hi) and fused.compile_enabled()):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or delta.requires_grad):
         return None
@@ -191,6 +196,11 @@ def _common_call(
         return None
     lo, hi = lo_hi
     tol = (hi - lo) * BOUNDS_TOLERANCE
+    if native:
+        eta_native = _native_call(x, delta, eps_t, p_, lo, hi, tol)
+        return (
+            None if eta_native is None else _representable(eta_native, x, delta, eps_t, p_, lo, hi)
+        )
     stats = fused.checked_first_pass(
         x, delta, eps_t, p=p_, lo=lo, hi=hi, below=lo - tol, above=hi + tol
     )
@@ -208,10 +218,72 @@ def _common_call(
         else:
             problem = dataclasses.replace(problem, first=stats.first)
         eta = solve_power(problem, "newton")[0].raw
+    return _representable(eta, x, delta, eps_t, p_, lo, hi)
+
+
+def _native_call(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    p: float,
+    lo: float,
+    hi: float,
+    tol: float,
+) -> torch.Tensor | None:
+    """``eta`` ``(N,)`` of :func:`_common_call` for p = 1 or 2 by the C Newton kernel, the
+    input checks in its first pass; ``None`` where a check fails (or the kernel could not
+    run)."""
+    n = x.shape[0]
+    lo_, hi_ = fused.as_dtype_float(lo, x), fused.as_dtype_float(hi, x)
+    span_factor, tiny_eps = fused.float64_thresholds(hi - lo)
+    checks = native_newton.Checks(
+        below=fused.as_dtype_float(lo - tol, x),
+        above=fused.as_dtype_float(hi + tol, x),
+        span_factor=fused.as_dtype_float(span_factor, x),
+        tiny_eps=fused.as_dtype_float(tiny_eps, x),
+    )
+    checked = native_newton.checked_newton_power(
+        x.reshape(n, -1),
+        delta.reshape(n, -1),
+        eps.reshape(n, 1),
+        p=p,
+        lo=lo_,
+        hi=hi_,
+        max_iter=NEWTON_MAX_ITER,
+        checks=checks,
+    )
+    if checked is None or not checked.clean:
+        return None
+    problem = RescalingProblem(
+        x=ep.astensor(x), delta=ep.astensor(delta), eps=ep.astensor(eps), p=p, lo=lo, hi=hi
+    )
+    wide = x.dtype != torch.float64 and (hi - lo > FLOAT32_RANGE or checked.wide)
+    if wide:
+        return solve_power(problem.float64(), "newton")[0].raw
+    if not checked.run.finished:  # the sort finishes the rare unconverged sample
+        return solve_power(problem, "newton")[0].raw
+    eta: torch.Tensor = eta_from_newton(problem, checked.run)[0].raw
+    return eta
+
+
+def _representable(
+    eta: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    p: float,
+    lo: float,
+    hi: float,
+) -> torch.Tensor:
+    """``eta`` shaped like a batch of ``x`` in ``x``'s dtype, checked as by
+    :func:`_check_representable` (one host sync where every value is normal)."""
     eta = eta.reshape((eta.shape[0],) + (1,) * (x.ndim - 1)).to(x.dtype)
     info = torch.finfo(eta.dtype)
     smallest, largest = (float(v) for v in torch.aminmax(eta))
     if not info.tiny <= smallest <= largest < info.max:  # rare (or NaN): the general check
+        problem = RescalingProblem(
+            x=ep.astensor(x), delta=ep.astensor(delta), eps=ep.astensor(eps), p=p, lo=lo, hi=hi
+        )
         _check_representable(ep.astensor(eta), problem)
     return eta
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import eagerpy as ep
 import numpy as np
 
-from . import fused, fused_newton
+from . import fused, fused_newton, native_newton
 from .tensors import (
     Bound,
     detached_bound,
@@ -130,10 +130,13 @@ def solve_power(problem: RescalingProblem, method: str) -> tuple[ep.Tensor, Solv
 
 
 def _fusable_bounds(problem: RescalingProblem) -> tuple[float, float] | None:
-    """The float bounds where :func:`~car_attacks.core.fused.fusable` holds, else ``None``."""
+    """The float bounds where :func:`~car_attacks.core.fused.fusable` holds, or where the C
+    Newton kernel takes the problem (:func:`~car_attacks.core.native_newton.eligible`: any
+    sample size, from the first call), else ``None``."""
     lo, hi = problem.lo, problem.hi
     if isinstance(lo, float) and isinstance(hi, float):
-        if fused.fusable(problem.x.raw, problem.delta.raw, lo, hi):
+        x, delta = problem.x.raw, problem.delta.raw
+        if fused.fusable(x, delta, lo, hi) or native_newton.eligible(x, delta, lo, hi):
             return lo, hi
     return None
 
@@ -157,6 +160,14 @@ def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | No
     )
     if not run.finished:
         return None
+    return eta_from_newton(problem, run)
+
+
+def eta_from_newton(
+    problem: RescalingProblem, run: fused_newton.NewtonRun
+) -> tuple[ep.Tensor, SolveInfo]:
+    """``eta`` ``(N,)`` and the info of a finished fused Newton ``run`` on ``problem``
+    (recomputed on the final segment from the inputs where a gradient may be taken)."""
     t = ep.astensor(run.t)
     info = SolveInfo(method="newton", iterations=run.iterations)
     reachable = ep.astensor(run.reachable)

@@ -1,0 +1,164 @@
+/* The fused Newton solve of clipping-aware rescaling (p = 1 or 2) for the CPU: one sample
+ * at a time, for car_attacks.core.native_newton (the maths and the contract are there).
+ *
+ * Per row: the pass at t = 0 (S(0) and the largest value of g in double, of the unscaled
+ * powers; max |delta|), the start, the powers dp = (|delta| / d_scale)^p and rp = r^p
+ * written to a buffer of two rows, then t <- t + (E - g)/S over them until S
+ * repeats or the step lands before the next breakpoint of g. A CIFAR row (2 x 12 KB)
+ * stays in the L1/L2 cache for all its passes, where the batched passes of the compiled
+ * solve stream the whole batch each time. The same iterates as
+ * car_attacks.core.fused_newton (the double sums in another order). The first pass also
+ * runs the public function's checks (flags_out: bit 0, a value of x outside [below,
+ * above] or not finite, delta not finite, or eps not finite and >= 0; bit 1, the float32
+ * solve needs float64: a non-zero eps below tiny_eps, or a non-zero |delta_i| below
+ * max |delta| * span_factor). Returns 1 where the buffer could not be allocated (the
+ * caller then solves otherwise), else 0.
+ *
+ * IEEE arithmetic (no -ffast-math); `omp simd` reductions (-fopenmp-simd: no OpenMP
+ * runtime) let the sums be vectorised, and -fno-trapping-math lets the selects run as
+ * blends. Rows are independent: the caller runs chunks of rows on several threads. The
+ * code is written once per dtype T and power (SQ: p = 2) by the macros below; SQ is a
+ * constant in each specialisation, so the loops have no branch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* One element of a Newton pass over the powers written out for the row (dp, rp). */
+#define CAR_PASS_ELEMENT(T)                                                                \
+    T dp = dpr[i], rp = rpr[i];                                                            \
+    T moved = t * dp;                                                                      \
+    int active = rp - moved > 0;                                                           \
+    g += (double)(moved < rp ? moved : rp);                                                \
+    slope += active ? (double)dp : 0.0;
+
+#define CAR_NEWTON_ROWS(T, SQ, NAME)                                                       \
+    static int NAME(const T *x, const T *d, const T *eps_in, int64_t n_rows,              \
+                     int64_t n_cols, T lo, T hi, T next_step, int max_iter, T below,       \
+                     T above, T span_factor, T tiny_eps, T *t_out, T *s_out,               \
+                     T *target_out, int8_t *reach_out, T *scale_out, int32_t *count_out,   \
+                     int8_t *done_out, int8_t *flags_out) {                                \
+        /* the row's powers, written once after the first pass (in the cache) */          \
+        T *dpr = (T *)malloc(2 * (size_t)n_cols * sizeof(T));                              \
+        if (dpr == NULL) return 1;                                                         \
+        T *rpr = dpr + n_cols;                                                             \
+        for (int64_t r = 0; r < n_rows; ++r) {                                             \
+            const T *xr = x + r * n_cols;                                                  \
+            const T *dr = d + r * n_cols;                                                  \
+            double slope0 = 0.0, reach = 0.0;                                              \
+            T largest = 0, smallest = (T)INFINITY;                                         \
+            int bad = 0;                                                                   \
+            _Pragma("omp simd reduction(+ : slope0, reach, bad) reduction(max : largest) reduction(min : smallest)") \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                T a = dr[i] < 0 ? -dr[i] : dr[i];                                          \
+                /* the checks: x finite in [below, above], delta finite */                 \
+                bad += !(xr[i] >= below && xr[i] <= above) || !(dr[i] - dr[i] == 0);       \
+                smallest = a > 0 && a < smallest ? a : smallest;                           \
+                T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                             \
+                room = room > 0 ? room : (T)0;                                             \
+                room = a > 0 ? room : (T)0;                                                \
+                double a64 = a, r64 = room;                                                \
+                double dp = (SQ) ? a64 * a64 : a64;                                        \
+                double rp = (SQ) ? r64 * r64 : r64;                                        \
+                slope0 += rp > 0 ? dp : 0.0;                                               \
+                reach += rp;                                                               \
+                largest = a > largest ? a : largest;                                       \
+            }                                                                              \
+            T eps = eps_in[r];                                                             \
+            bad += !(eps >= 0 && eps - eps == 0); /* eps finite and >= 0 */                \
+            int wide = (eps > 0 && eps < tiny_eps) || smallest < largest * span_factor;    \
+            flags_out[r] = (int8_t)((bad > 0) | (wide << 1));                              \
+            T d_scale = 1;                                                                 \
+            int reachable;                                                                 \
+            T target;                                                                      \
+            if (SQ) {                                                                      \
+                d_scale = largest > 0 ? largest : (T)1;                                    \
+                double ds = d_scale;                                                       \
+                slope0 = slope0 / (ds * ds);                                               \
+                reachable = eps * eps <= (T)reach;                                         \
+                T e = reachable ? eps : (T)0;                                              \
+                target = e * e;                                                            \
+            } else {                                                                       \
+                reachable = eps <= (T)reach;                                               \
+                target = reachable ? eps : (T)0;                                           \
+            }                                                                              \
+            _Pragma("omp simd")                                                           \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                T a = dr[i] < 0 ? -dr[i] : dr[i];                                          \
+                T dp = a;                                                                  \
+                if (SQ) {                                                                  \
+                    T q = a / d_scale;                                                     \
+                    dp = q * q;                                                            \
+                }                                                                          \
+                T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                             \
+                room = room > 0 ? room : (T)0;                                             \
+                dpr[i] = dp;                                                               \
+                rpr[i] = dp > 0 ? ((SQ) ? room * room : room) : (T)0;                      \
+            }                                                                              \
+            T s = (T)slope0;                                                               \
+            T step = target / (s > 0 ? s : (T)1);                                          \
+            step = step > 0 ? step : (T)0;                                                 \
+            T t = step, previous = s;                                                      \
+            int near = step <= next_step * step;                                           \
+            int done = 0, count = 1;                                                       \
+            while (!done && count < max_iter) {                                            \
+                double g = 0.0, slope = 0.0;                                               \
+                T nearest = (T)INFINITY;                                                   \
+                if (near) { /* the next breakpoint matters only near the root */           \
+                    _Pragma("omp simd reduction(+ : g, slope) reduction(min : nearest)")  \
+                    for (int64_t i = 0; i < n_cols; ++i) {                                 \
+                        CAR_PASS_ELEMENT(T)                                                  \
+                        T ratio = rp / dp; /* every lane, then a blend */                  \
+                        ratio = active ? ratio : (T)INFINITY;                              \
+                        nearest = ratio < nearest ? ratio : nearest;                       \
+                    }                                                                      \
+                } else {                                                                   \
+                    _Pragma("omp simd reduction(+ : g, slope)")                           \
+                    for (int64_t i = 0; i < n_cols; ++i) {                                 \
+                        CAR_PASS_ELEMENT(T)                                                  \
+                    }                                                                      \
+                }                                                                          \
+                T gt = (T)g, st = (T)slope;                                                \
+                count += 1;                                                                \
+                s = st;                                                                    \
+                int repeated = st == previous;                                             \
+                step = (target - gt) / (st > 0 ? st : (T)1);                               \
+                step = step > 0 ? step : (T)0;                                             \
+                T next = repeated ? t : t + step;                                          \
+                int landed = near && next <= nearest; /* before the next breakpoint */     \
+                done = repeated || landed;                                                 \
+                near = near || step <= next_step * next;                                   \
+                t = next;                                                                  \
+                previous = st;                                                             \
+            }                                                                              \
+            t_out[r] = t;                                                                  \
+            s_out[r] = s;                                                                  \
+            target_out[r] = target;                                                        \
+            reach_out[r] = (int8_t)reachable;                                              \
+            scale_out[r] = d_scale;                                                        \
+            count_out[r] = count;                                                          \
+            done_out[r] = (int8_t)done;                                                    \
+        }                                                                                  \
+        free(dpr);                                                                         \
+        return 0;                                                                          \
+    }
+
+CAR_NEWTON_ROWS(float, 0, rows_f32_p1)
+CAR_NEWTON_ROWS(float, 1, rows_f32_p2)
+CAR_NEWTON_ROWS(double, 0, rows_f64_p1)
+CAR_NEWTON_ROWS(double, 1, rows_f64_p2)
+
+/* The entry points: p = 2 where square, else p = 1. */
+#define CAR_NEWTON(T, NAME, P1, P2)                                                        \
+    int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,  \
+             T hi, T next_step, int square, int max_iter, T below, T above, T span_factor, \
+             T tiny_eps, T *t_out, T *s_out, T *target_out, int8_t *reach_out,             \
+             T *scale_out, int32_t *count_out, int8_t *done_out, int8_t *flags_out) {      \
+        return (square ? P2 : P1)(x, d, eps, n_rows, n_cols, lo, hi, next_step, max_iter,  \
+                                  below, above, span_factor, tiny_eps, t_out, s_out,       \
+                                  target_out, reach_out, scale_out, count_out, done_out,   \
+                                  flags_out);                                              \
+    }
+
+CAR_NEWTON(float, car_newton_f32, rows_f32_p1, rows_f32_p2)
+CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)

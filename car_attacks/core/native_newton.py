@@ -1,0 +1,287 @@
+"""The fused Newton solve (p = 1 or 2) as a C kernel for CPU tensors, one sample at a time.
+
+The compiled solve of :mod:`~car_attacks.core.fused_newton` makes each Newton iteration
+one pass over the whole batch, so every pass streams ``x`` and ``delta`` from memory
+(at CIFAR size 3 MB, past the core's caches). ``native/car_newton.c`` solves one sample
+at a time instead: the pass at ``t = 0`` over its row, the powers ``dp`` and ``rp`` written
+to a two-row buffer, then every iteration over that buffer while it sits in the L1/L2
+cache. The iterates are those of :func:`~car_attacks.core.fused_newton.newton_power` (same
+start, powers, stopping rules and iteration cap; float64 sums in another order, vectorised
+with IEEE arithmetic), so results agree to the solvers' tolerances. Rows are split into
+chunks run on ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+
+The C source is compiled on first use with the system's C compiler (``$CC``, else ``cc``;
+``-O3 -march=native``, about a second), cached under ``$XDG_CACHE_HOME/car_attacks``
+(``~/.cache/car_attacks``) by the hash of the source, the flags and the processor, and
+loaded with ctypes. It is used whenever :data:`~car_attacks.core.fused.COMPILE_ENV` is not
+``0`` (the compile is cheap, so ``auto`` uses it from the first call); its compile time
+is counted as compile time (:func:`~car_attacks.core.fused.compile_seconds`,
+``car_newton``). Where no compiler is found or compiling fails, one warning is issued and
+the other solvers run, exact to the same tolerances.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import fused
+
+if TYPE_CHECKING:
+    from .fused_newton import NewtonRun
+
+SOURCE = Path(__file__).with_name("native") / "car_newton.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-shared", "-fPIC")
+"""C compiler flags: IEEE arithmetic (no ``-ffast-math``), vectorised reductions."""
+CHUNK_VALUES = 1 << 20
+"""Values per chunk of rows handed to one thread (at least one row)."""
+
+_state: dict[str, Any] = {"failed": False, "library": None}
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the kernel runs for ``x``: a CPU tensor, :data:`~car_attacks.core.fused.COMPILE_ENV`
+    not ``0``, and the library built (on the first call) without failure."""
+    if x.device.type != "cpu" or _state["failed"] or fused.compile_mode() == "0":
+        return False
+    return _library() is not None
+
+
+def eligible(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
+    """The inputs the kernel takes: CPU PyTorch float32/float64 tensors of one dtype with
+    at least one sample, and float bounds (any number of values per sample)."""
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(delta, torch.Tensor)
+        and isinstance(lo, float)
+        and isinstance(hi, float)
+        and x.dtype in (torch.float32, torch.float64)
+        and delta.dtype == x.dtype
+        and x.ndim >= 1
+        and x.shape[0] >= 1
+        and x.numel() >= x.shape[0]
+        and available(x)
+    )
+
+
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernel (built and loaded on first use), or ``None`` after a failure."""
+    if _state["library"] is None and not _state["failed"]:
+        start = time.perf_counter()
+        try:
+            _state["library"] = _load(_build())
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            _state["failed"] = True
+            warnings.warn(
+                f"could not build the C Newton kernel ({type(exc).__name__}: {exc}); the "
+                "CAR solvers run without it (same results, slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        fused.record_compile("car_newton", time.perf_counter() - start)
+    library: ctypes.CDLL | None = _state["library"]
+    return library
+
+
+def _compiler() -> str:
+    """The C compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name.split()[0]):
+            return name
+    raise RuntimeError("no C compiler found (set CC)")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "car_attacks"
+
+
+def _processor() -> str:
+    """The processor's model (``-march=native`` code is specific to it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build() -> Path:
+    """Compile :data:`SOURCE` to a shared library in the cache (once per source, flags,
+    compiler and processor; written atomically, so concurrent processes are safe)."""
+    compiler = _compiler()
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _processor().encode()])
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"car_newton-{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [*compiler.split(), *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """Load the library and declare its two entry points."""
+    library = ctypes.CDLL(str(path))
+    pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for name, scalar in (("car_newton_f32", ctypes.c_float), ("car_newton_f64", ctypes.c_double)):
+        fn = getattr(library, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, scalar, i32, i32]
+        fn.argtypes += [scalar] * 4 + [pointer] * 8
+    return library
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A thread pool of ``threads`` workers, kept for the next calls."""
+    pools: dict[int, ThreadPoolExecutor] = _state.setdefault("pools", {})
+    if threads not in pools:
+        pools[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="car")
+    return pools[threads]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checks:
+    """The public function's checks, run in the kernel's first pass (see
+    :func:`~car_attacks.core.fused.checked_first_pass`): ``x`` inside ``[below, above]``,
+    and the float32 range test of :func:`~car_attacks.core.fused.float64_thresholds`."""
+
+    below: float
+    above: float
+    span_factor: float
+    tiny_eps: float
+
+
+NO_CHECKS = Checks(below=-math.inf, above=math.inf, span_factor=0.0, tiny_eps=0.0)
+"""Checks that nothing fails (the finiteness of the values is still looked at)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckedRun:
+    """What :func:`checked_newton_power` found: the solve, and what the checks said."""
+
+    run: NewtonRun
+    clean: bool
+    """Every value finite, ``x`` inside ``[below, above]``, ``eps`` finite and ``>= 0``."""
+    wide: bool
+    """Some sample's float32 solve needs float64."""
+
+
+def newton_power(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    p: float,
+    lo: float,
+    hi: float,
+    max_iter: int,
+) -> NewtonRun | None:
+    """:func:`~car_attacks.core.fused_newton.newton_power` by the C kernel (see the module):
+    ``x`` and ``delta`` ``(N, n)``, ``eps`` ``(N, 1)``, all of one float dtype on the CPU.
+    ``None`` where the kernel could not run (the caller then solves otherwise)."""
+    checked = checked_newton_power(
+        x, delta, eps, p=p, lo=lo, hi=hi, max_iter=max_iter, checks=NO_CHECKS
+    )
+    return None if checked is None else checked.run
+
+
+def checked_newton_power(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    p: float,
+    lo: float,
+    hi: float,
+    max_iter: int,
+    checks: Checks,
+) -> CheckedRun | None:
+    """:func:`newton_power` with the public function's ``checks`` in its first pass (the
+    solve is garbage where they fail: look at :attr:`CheckedRun.clean` first)."""
+    from .fused_newton import NewtonRun
+
+    library = _library()
+    if library is None:
+        return None
+    n, m = x.shape[0], x.shape[1]
+    dtype = x.dtype
+    xf, df = x.detach().contiguous(), delta.detach().contiguous()
+    eps_flat = eps.detach().reshape(n).contiguous()
+    t, s, target, scale = (torch.empty(n, dtype=dtype) for _ in range(4))
+    reach_ok, done, flags = (torch.empty(n, dtype=torch.int8) for _ in range(3))
+    count = torch.empty(n, dtype=torch.int32)
+    fn = library.car_newton_f32 if dtype == torch.float32 else library.car_newton_f64
+    square = int(p == 2)
+    size = xf.element_size()
+    limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
+    outputs = (t, s, target, reach_ok, scale, count, done, flags)
+
+    def solve_rows(first: int, last: int) -> int:
+        """Rows ``first`` to ``last - 1``; the kernel's status (0: fine)."""
+        status: int = fn(
+            xf.data_ptr() + first * m * size,
+            df.data_ptr() + first * m * size,
+            eps_flat.data_ptr() + first * size,
+            last - first,
+            m,
+            lo,
+            hi,
+            fused.NEXT_BREAKPOINT_STEP,
+            square,
+            max_iter,
+            *limits,
+            *(a.data_ptr() + first * a.element_size() for a in outputs),
+        )
+        return status
+
+    rows_per_chunk = max(1, CHUNK_VALUES // max(m, 1))
+    chunks = [(i, min(n, i + rows_per_chunk)) for i in range(0, n, rows_per_chunk)]
+    threads = min(torch.get_num_threads(), len(chunks))
+    if threads <= 1:
+        statuses = [solve_rows(a, b) for a, b in chunks]
+    else:
+        statuses = list(_pool(threads).map(lambda ab: solve_rows(*ab), chunks))
+    if any(statuses):  # out of memory for a two-row buffer
+        return None
+    col = (n, 1)
+    found = int(np.bitwise_or.reduce(flags.numpy()))  # bit 0: a check failed; 1: wide
+    run = NewtonRun(
+        t=t.reshape(col),
+        active_sum=s.reshape(col),
+        iterations=int(count.max()),
+        finished=bool(done.all()),
+        target=target.reshape(col),
+        reachable=reach_ok.reshape(col).bool(),
+        d_scale=scale.reshape(col),
+    )
+    return CheckedRun(run=run, clean=not found & 1, wide=bool(found & 2))

@@ -1,0 +1,220 @@
+"""The C Newton kernel for CPU tensors (:mod:`car_attacks.core.native_newton`).
+
+References: the compiled solve's iterates (:func:`~car_attacks.core.fused_newton.newton_power`
+run eagerly: the same start, powers, stopping rules and iteration counts) and the float64
+bisection oracle of ``oracles`` through the whole solve.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from oracles import bisection_eta
+from test_fused import BOUNDS, _problem, _solve
+
+from car_attacks.core import fused, fused_newton, native_newton
+
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C kernel on (built once per process into the user's cache), compiling off."""
+    monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    monkeypatch.setitem(native_newton._state, "failed", False)
+    assert native_newton.available(torch.zeros(1)), "a C compiler is present here"
+
+
+def _both(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, p: float, bounds: Any) -> Any:
+    """The kernel's run and the compiled solve's (run eagerly) on the same problem."""
+    lo, hi = (fused.as_dtype_float(b, x) for b in bounds)
+    n = x.shape[0]
+    run = native_newton.newton_power(
+        x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1), p=p, lo=lo, hi=hi, max_iter=32
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(native_newton._state, "failed", True)
+        mp.setenv(fused.COMPILE_ENV, "0")
+        reference = fused_newton.newton_power(x, delta, eps, p=p, lo=lo, hi=hi, max_iter=32)
+    return run, reference
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("p", [1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_takes_the_compiled_solves_iterates(native, bounds, p, dtype):
+    x, delta, eps = _problem(5, 6, *bounds, p, dtype)
+    eps[1] = 0.0
+    delta[2] = 0.0  # a sample that cannot move
+    run, reference = _both(x, delta, eps, p, bounds)
+    assert run is not None and run.finished and reference.finished
+    assert run.iterations == reference.iterations
+    for name in ("target", "reachable", "d_scale"):
+        assert torch.equal(getattr(run, name), getattr(reference, name)), name
+    rtol = 4e-7 if dtype == torch.float32 else 1e-14  # float64 sums in another order
+    np.testing.assert_allclose(run.t.numpy(), reference.t.numpy(), rtol=rtol, atol=0)
+    np.testing.assert_allclose(
+        run.active_sum.numpy(), reference.active_sum.numpy(), rtol=rtol, atol=0
+    )
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_chunks_on_several_threads_give_the_one_thread_result(native, monkeypatch, p):
+    """Rows split into chunks (one row each here) on 3 threads: bit for bit the same."""
+    x, delta, eps = _problem(9, 7, 0.0, 1.0, p, torch.float32)
+    n = x.shape[0]
+    args = (x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1))
+    one = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(native_newton, "CHUNK_VALUES", 1)
+    torch.set_num_threads(3)
+    try:
+        many = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
+    finally:
+        torch.set_num_threads(threads)
+    assert one is not None and many is not None
+    assert torch.equal(one.t, many.t) and torch.equal(one.active_sum, many.active_sum)
+    assert one.iterations == many.iterations
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+@pytest.mark.parametrize("size", [(5,), (1, 28, 28), (3, 64, 64)])
+def test_whole_solve_meets_the_oracle_at_every_sample_size(native, p, size):
+    """Any number of values per sample (the C kernel has no minimum), bounds (0, 255)."""
+    g = torch.Generator().manual_seed(3)
+    bounds = (0.0, 255.0)
+    n = 4
+    x = 255 * torch.rand((n, *size), generator=g)
+    x[:, ..., :1] = 0.0
+    delta = torch.randn((n, *size), generator=g)
+    m = math.prod(size)
+    eps = torch.tensor([0.1, 0.5, 1.0, 3.0]) * 60 * m ** (1 / p)
+    eta, info = _solve(x, delta, eps, p, bounds)
+    assert info.method == "newton"
+    oracle = bisection_eta(*(t.double().numpy() for t in (x, delta, eps)), p, *bounds)
+    np.testing.assert_allclose(eta.double().numpy(), oracle.reshape(-1), rtol=2e-5, atol=0)
+
+
+def test_the_attacks_use_it_from_the_first_call_in_auto_mode(native, monkeypatch):
+    """``auto``: the C kernel from the first call (its compile is cheap), the compiled
+    kernels only after the break-even."""
+    calls: list[int] = []
+    real = native_newton.newton_power
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native_newton, "newton_power", counted)
+    x, delta, eps = _problem(4, 3, 0.0, 1.0, 2.0, torch.float32)
+    assert not fused.compile_enabled()
+    _solve(x, delta, eps, 2.0, (0.0, 1.0))
+    assert calls == [1]
+    monkeypatch.setenv(fused.COMPILE_ENV, "0")
+    _solve(x, delta, eps, 2.0, (0.0, 1.0))
+    assert calls == [1]  # "0": never
+
+
+def test_no_compiler_warns_once_and_the_other_solvers_run(monkeypatch, tmp_path):
+    monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setenv("CC", "no-such-compiler-anywhere")
+    monkeypatch.setattr(native_newton.shutil, "which", lambda name: None)
+    monkeypatch.setitem(native_newton._state, "library", None)
+    monkeypatch.setitem(native_newton._state, "failed", False)
+    x, delta, eps = _problem(6, 3, 0.0, 1.0, 2.0, torch.float32)
+    with pytest.warns(RuntimeWarning, match="could not build the C Newton kernel.*no C compiler"):
+        eta, _ = _solve(x, delta, eps, 2.0, (0.0, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = _solve(x, delta, eps, 2.0, (0.0, 1.0))
+    assert torch.equal(eta, again)
+    oracle = bisection_eta(*(t.double().numpy() for t in (x, delta, eps)), 2.0, 0.0, 1.0)
+    np.testing.assert_allclose(eta.double().numpy(), oracle.reshape(-1), rtol=2e-5, atol=0)
+
+
+def test_the_library_is_built_once_into_the_cache_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = native_newton._build()
+    assert first.parent == Path(tmp_path) / "car_attacks" and first.is_file()
+    stamp = first.stat().st_mtime_ns
+    assert native_newton._build() == first and first.stat().st_mtime_ns == stamp
+    assert not [p for p in first.parent.iterdir() if p != first]  # no temporary left
+    assert native_newton._load(first).car_newton_f64 is not None
+
+
+def test_a_failing_compile_names_the_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native_newton, "FLAGS", ("-this-flag-does-not-exist",))
+    with pytest.raises(RuntimeError, match="-this-flag-does-not-exist.*failed"):
+        native_newton._build()
+    assert not list((Path(tmp_path) / "car_attacks").iterdir())  # the temporary is gone
+
+
+def _api_outcome(x: torch.Tensor, delta: torch.Tensor, eps: Any) -> Any:
+    """``clipping_aware_rescaling``'s result, or the type and message of its error."""
+    import car_attacks
+
+    try:
+        return car_attacks.clipping_aware_rescaling(x, delta, eps, bounds=(0.0, 1.0))
+    except ValueError as exc:
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        "nan_x",
+        "inf_delta",
+        "x_above",
+        "negative_eps",
+        "nan_eps",
+        "tiny_delta_spread",
+        "tiny_eps",
+        "fine",
+    ],
+)
+def test_public_checks_in_the_kernel_give_the_eager_outcome(native, monkeypatch, spoil):
+    """The checks run in the kernel's first pass: the same error (or the same float64
+    fallback and result) as the eager path for every kind of bad input."""
+    x, delta, eps = _problem(12, 4, 0.0, 1.0, 2.0, torch.float32)
+    eps_arg: Any = eps
+    if spoil == "nan_x":
+        x[2, 0, 5, 5] = math.nan
+    elif spoil == "inf_delta":
+        delta[1, 1, 2, 2] = math.inf
+    elif spoil == "x_above":
+        x[3, 2, 0, 0] = 1.5
+    elif spoil == "negative_eps":
+        eps_arg = eps.clone()
+        eps_arg[0] = -1.0
+    elif spoil == "nan_eps":
+        eps_arg = eps.clone()
+        eps_arg[2] = math.nan
+    elif spoil == "tiny_delta_spread":  # float64 needed: |delta| spans > 1e12
+        delta[1, 0, 3, 3] = 1e-14
+    elif spoil == "tiny_eps":
+        eps_arg = eps.clone()
+        eps_arg[3] = 1e-13
+    calls: list[int] = []
+    real = native_newton.checked_newton_power
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native_newton, "checked_newton_power", counted)
+    got = _api_outcome(x, delta, eps_arg)
+    # the kernel looked at the inputs (and solved again in float64 where they need it)
+    assert len(calls) == (2 if spoil in ("tiny_delta_spread", "tiny_eps") else 1)
+    monkeypatch.setenv(fused.COMPILE_ENV, "0")  # the eager path
+    expected = _api_outcome(x, delta, eps_arg)
+    if isinstance(expected, tuple):
+        assert got == expected
+    else:
+        assert isinstance(got, torch.Tensor)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=2e-6, atol=0)
