@@ -309,6 +309,12 @@ def fusable(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
 
 def eligible(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
     """:func:`fusable` but for the compiler: the types, dtypes, bounds and sizes it asks for."""
+    return kernel_inputs(x, delta, lo, hi) and x.numel() // x.shape[0] >= FUSED_MIN_SIZE
+
+
+def kernel_inputs(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
+    """What every fused kernel takes: PyTorch float32/float64 tensors of one dtype with at
+    least one sample, and float bounds."""
     return (
         isinstance(x, torch.Tensor)
         and isinstance(delta, torch.Tensor)
@@ -318,7 +324,6 @@ def eligible(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
         and delta.dtype == x.dtype
         and x.ndim >= 1
         and x.shape[0] >= 1
-        and x.numel() // x.shape[0] >= FUSED_MIN_SIZE
     )
 
 

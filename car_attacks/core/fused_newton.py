@@ -49,6 +49,34 @@ class NewtonRun:
     d_scale: torch.Tensor
     """``max |delta|`` per sample for p = 2 (1 where 0), ones for p = 1."""
 
+    @classmethod
+    def from_rows(
+        cls,
+        *,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        target: torch.Tensor,
+        reachable: torch.Tensor,
+        d_scale: torch.Tensor,
+        count: torch.Tensor,
+        done: torch.Tensor,
+    ) -> NewtonRun:
+        """The run of a kernel that solved each sample alone and wrote ``(N,)`` arrays
+        (``reachable`` and ``done`` as integers); the summary read with one host sync."""
+        finished, iterations = torch.stack(
+            [done.to(torch.int64).min(), count.to(torch.int64).max()]
+        ).tolist()
+        col = (t.shape[0], 1)
+        return cls(
+            t=t.reshape(col),
+            active_sum=s.reshape(col),
+            iterations=int(iterations),
+            finished=bool(finished),
+            target=target.reshape(col),
+            reachable=reachable.reshape(col).bool(),
+            d_scale=d_scale.reshape(col),
+        )
+
 
 def _nonzero_or_one(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > 0, t, torch.ones_like(t))

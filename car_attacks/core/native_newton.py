@@ -63,20 +63,9 @@ def available(x: torch.Tensor) -> bool:
 
 
 def eligible(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
-    """The inputs the kernel takes: CPU PyTorch float32/float64 tensors of one dtype with
-    at least one sample, and float bounds (any number of values per sample)."""
-    return (
-        isinstance(x, torch.Tensor)
-        and isinstance(delta, torch.Tensor)
-        and isinstance(lo, float)
-        and isinstance(hi, float)
-        and x.dtype in (torch.float32, torch.float64)
-        and delta.dtype == x.dtype
-        and x.ndim >= 1
-        and x.shape[0] >= 1
-        and x.numel() >= x.shape[0]
-        and available(x)
-    )
+    """The inputs the kernel takes (:func:`~car_attacks.core.fused.kernel_inputs`, any
+    number of values per sample, at least one) where it runs (:func:`available`)."""
+    return fused.kernel_inputs(x, delta, lo, hi) and x.numel() >= x.shape[0] and available(x)
 
 
 def _library() -> ctypes.CDLL | None:
@@ -273,15 +262,8 @@ def checked_newton_power(
         statuses = list(_pool(threads).map(lambda ab: solve_rows(*ab), chunks))
     if any(statuses):  # out of memory for a two-row buffer
         return None
-    col = (n, 1)
     found = int(np.bitwise_or.reduce(flags.numpy()))  # bit 0: a check failed; 1: wide
-    run = NewtonRun(
-        t=t.reshape(col),
-        active_sum=s.reshape(col),
-        iterations=int(count.max()),
-        finished=bool(done.all()),
-        target=target.reshape(col),
-        reachable=reach_ok.reshape(col).bool(),
-        d_scale=scale.reshape(col),
+    run = NewtonRun.from_rows(
+        t=t, s=s, target=target, reachable=reach_ok, d_scale=scale, count=count, done=done
     )
     return CheckedRun(run=run, clean=not found & 1, wide=bool(found & 2))

@@ -130,16 +130,6 @@ def newton_power(
     if signature not in _state["compiled"]:  # the launch compiled it: compile time
         _state["compiled"].add(signature)
         fused.record_compile("newton_rows", time.perf_counter() - start)
-    finished, iterations = torch.stack(
-        [done.to(torch.int64).min(), count.to(torch.int64).max()]
-    ).tolist()  # one host sync
-    col = (n, 1)
-    return NewtonRun(
-        t=t.reshape(col),
-        active_sum=s.reshape(col),
-        iterations=int(iterations),
-        finished=bool(finished),
-        target=target.reshape(col),
-        reachable=reach_ok.reshape(col).bool(),
-        d_scale=scale.reshape(col),
+    return NewtonRun.from_rows(
+        t=t, s=s, target=target, reachable=reach_ok, d_scale=scale, count=count, done=done
     )
