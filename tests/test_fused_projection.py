@@ -160,17 +160,19 @@ def test_compile_off_runs_the_eager_path(monkeypatch):
     assert calls == [] and not math.isnan(float(v.sum()))
 
 
-@pytest.mark.parametrize("fused_path", [True, False])
+@pytest.mark.parametrize("path", ["native", "inductor", "eager"])
 @pytest.mark.parametrize("max_iter", [1, L1_NEWTON_MAX_ITER])
-def test_estimated_start_and_sort_fallback_match_dykstra(
-    small_fused, monkeypatch, fused_path, max_iter
-):
-    """The start estimated on a subsample (lowered size threshold) and, with one Newton
-    step allowed, the sort fallback of the unfinished rows: both paths still exact."""
+def test_estimated_start_and_sort_fallback_match_dykstra(small_fused, monkeypatch, path, max_iter):
+    """The start estimated on a subsample (lowered size threshold; the C kernel needs
+    none) and, with one Newton step allowed, the sort fallback of the unfinished rows:
+    every path still exact."""
     from car_attacks.core import l1_threshold
 
     monkeypatch.setattr(l1_threshold, "L1_ESTIMATE_MIN_SIZE", 64)
     monkeypatch.setattr(l1_threshold, "L1_NEWTON_MAX_ITER", max_iter)
+    fused_path = path != "eager"
+    if path == "inductor":
+        monkeypatch.setitem(native_newton._state, "failed", True)
     if not fused_path:
         _eager(monkeypatch)
     calls = _used_fused(monkeypatch)

@@ -218,3 +218,40 @@ def test_public_checks_in_the_kernel_give_the_eager_outcome(native, monkeypatch,
     else:
         assert isinstance(got, torch.Tensor)
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l1_threshold_kernel_matches_the_eager_search(native, bounds, dtype):
+    """The L1 projection's threshold by the C kernel against the eager safeguarded Newton
+    (:func:`~car_attacks.core.l1_threshold.l1_threshold`), a row inside the ball too."""
+    import eagerpy as ep
+
+    from car_attacks.core.l1_threshold import l1_threshold
+    from car_attacks.core.tensors import room_along
+
+    x0, delta, eps = _problem(21, 6, *bounds, 1.0, dtype)
+    z = x0 + 3 * delta
+    eps[1:] = eps[1:] / 4  # outside the ball (row 0's eps is beyond reach: inside)
+    eps[2] = 1e6  # inside: h(0) <= eps
+    n = x0.shape[0]
+    lo, hi = (fused.as_dtype_float(b, x0) for b in bounds)
+    found = native_newton.l1_threshold(
+        x0.reshape(n, -1), z.reshape(n, -1), eps.reshape(n, 1), lo=lo, hi=hi, max_iter=32
+    )
+    assert found is not None and bool(found.done.all())
+    w = z - x0
+    size = w.abs().reshape(n, -1)
+    room = room_along(ep.astensor(x0), ep.astensor(w), lo, hi).raw.reshape(n, -1)
+    expected = l1_threshold(ep.astensor(size), ep.astensor(room), ep.astensor(eps)).raw
+    h0 = torch.minimum(size, room).double().sum(1)
+    assert found.inside[:, 0].tolist() == (h0 <= eps.double()).tolist()
+    assert bool(found.inside[2]) and not bool(found.inside.all())
+    keep = ~found.inside[:, 0]
+    rtol = 1e-6 if dtype == torch.float32 else 1e-13
+    np.testing.assert_allclose(found.lam[keep].numpy(), expected[keep].numpy(), rtol=rtol, atol=0)
+    h = torch.minimum((size - found.lam).clamp_min(0), room).double().sum(1, keepdim=True)
+    np.testing.assert_allclose(found.h.double().numpy(), h.numpy(), rtol=10 * rtol, atol=0)
+    np.testing.assert_allclose(
+        found.h[keep].double().numpy(), eps[keep, None].double().numpy(), rtol=10 * rtol
+    )

@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,28 @@ def _load(path: Path) -> ctypes.CDLL:
         fn.restype = ctypes.c_int
         fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, scalar, i32, i32]
         fn.argtypes += [scalar] * 4 + [pointer] * 8
+    for name, scalar in (
+        ("car_l1_threshold_f32", ctypes.c_float),
+        ("car_l1_threshold_f64", ctypes.c_double),
+    ):
+        fn = getattr(library, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, i32] + [pointer] * 3
     return library
+
+
+def _in_chunks(n: int, m: int, solve_rows: Callable[[int, int], int]) -> bool:
+    """Run ``solve_rows(first, last)`` on chunks of about :data:`CHUNK_VALUES` values of
+    the ``n`` rows of ``m`` values, on ``torch.get_num_threads()`` threads; whether every
+    chunk succeeded (status 0; 1: out of memory for a two-row buffer)."""
+    rows_per_chunk = max(1, CHUNK_VALUES // max(m, 1))
+    chunks = [(i, min(n, i + rows_per_chunk)) for i in range(0, n, rows_per_chunk)]
+    threads = min(torch.get_num_threads(), len(chunks))
+    if threads <= 1:
+        statuses = [solve_rows(a, b) for a, b in chunks]
+    else:
+        statuses = list(_pool(threads).map(lambda ab: solve_rows(*ab), chunks))
+    return not any(statuses)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -253,17 +275,71 @@ def checked_newton_power(
         )
         return status
 
-    rows_per_chunk = max(1, CHUNK_VALUES // max(m, 1))
-    chunks = [(i, min(n, i + rows_per_chunk)) for i in range(0, n, rows_per_chunk)]
-    threads = min(torch.get_num_threads(), len(chunks))
-    if threads <= 1:
-        statuses = [solve_rows(a, b) for a, b in chunks]
-    else:
-        statuses = list(_pool(threads).map(lambda ab: solve_rows(*ab), chunks))
-    if any(statuses):  # out of memory for a two-row buffer
+    if not _in_chunks(n, m, solve_rows):
         return None
     found = int(np.bitwise_or.reduce(flags.numpy()))  # bit 0: a check failed; 1: wide
     run = NewtonRun.from_rows(
         t=t, s=s, target=target, reachable=reach_ok, d_scale=scale, count=count, done=done
     )
     return CheckedRun(run=run, clean=not found & 1, wide=bool(found & 2))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Threshold:
+    """The L1 projection's threshold per sample (see :func:`l1_threshold`), ``(N, 1)`` each."""
+
+    lam: torch.Tensor
+    h: torch.Tensor
+    """``h(lam)``, summed in float64."""
+    done: torch.Tensor
+    """Where ``lam`` is exact (the rest: for the sort)."""
+    inside: torch.Tensor
+    """Where ``h(0) <= eps``: ``clip(z)`` is in the ball (``lam = 0``)."""
+
+
+def l1_threshold(
+    x0: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, *, lo: float, hi: float, max_iter: int
+) -> Threshold | None:
+    """The threshold ``lam`` of :func:`~car_attacks.core.projection.project_l1` by the C
+    kernel: ``h(lam) = sum_i min((a_i - lam)_+, r_i) = eps`` with ``a = |z - x0|`` and the
+    room ``r`` along ``z - x0``, by the safeguarded Newton of
+    :func:`~car_attacks.core.l1_threshold.newton_step` one sample at a time (``a`` and ``r``
+    in a two-row buffer in cache). ``x0`` and ``z`` ``(N, n)``, ``eps`` ``(N, 1)``, one
+    float dtype on the CPU; ``None`` where the kernel could not run."""
+    library = _library()
+    if library is None:
+        return None
+    n, m = x0.shape[0], x0.shape[1]
+    dtype = x0.dtype
+    xf, zf = x0.detach().contiguous(), z.detach().contiguous()
+    eps_flat = eps.detach().reshape(n).contiguous()
+    lam, h = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
+    flags = torch.empty(n, dtype=torch.int8)
+    fn = library.car_l1_threshold_f32 if dtype == torch.float32 else library.car_l1_threshold_f64
+    size = xf.element_size()
+
+    def solve_rows(first: int, last: int) -> int:
+        status: int = fn(
+            xf.data_ptr() + first * m * size,
+            zf.data_ptr() + first * m * size,
+            eps_flat.data_ptr() + first * size,
+            last - first,
+            m,
+            lo,
+            hi,
+            max_iter,
+            lam.data_ptr() + first * size,
+            h.data_ptr() + first * size,
+            flags.data_ptr() + first,
+        )
+        return status
+
+    if not _in_chunks(n, m, solve_rows):
+        return None
+    col = (n, 1)
+    return Threshold(
+        lam=lam.reshape(col),
+        h=h.reshape(col),
+        done=(flags & 1).bool().reshape(col),
+        inside=(flags & 2).bool().reshape(col),
+    )

@@ -162,3 +162,113 @@ CAR_NEWTON_ROWS(double, 1, rows_f64_p2)
 
 CAR_NEWTON(float, car_newton_f32, rows_f32_p1, rows_f32_p2)
 CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
+
+/* The soft threshold of the L1-ball ∩ box projection, h(lam) = eps, one sample at a time
+ * (car_attacks.core.l1_threshold: h(lam) = sum_i min((a_i - lam)_+, r_i), a = |z - x0|,
+ * r the room along w = z - x0). The safeguarded Newton of l1_threshold.newton_step on
+ * scalars: the bracket h(lo) > eps >= h(hi) with the counts #{a_i > lam} and
+ * #{a_i - r_i > lam} at its ends, a Newton point outside it replaced by bisection, a flat
+ * h above eps stepping to the next breakpoint, and exact once a Newton step crosses no
+ * breakpoint (equal counts) or the bracket holds one segment. a and r are written to
+ * a two-row buffer in the first pass; the passes after it read that buffer in cache.
+ * Per row out: lam, h(lam) (summed in double), flags (bit 0: done, exact; bit 1: inside
+ * the ball already, h(0) <= eps). Rows not done after max_iter steps are left to the
+ * caller's sort. Returns 1 where the buffer could not be allocated, else 0. */
+#define CAR_L1_ROWS(T, NAME)                                                               \
+    int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows, int64_t n_cols,    \
+             T lo, T hi, int max_iter, T *lam_out, T *h_out, int8_t *flags_out) {         \
+        T *sizes = (T *)malloc(2 * (size_t)n_cols * sizeof(T));                            \
+        if (sizes == NULL) return 1;                                                       \
+        T *rooms = sizes + n_cols;                                                         \
+        for (int64_t r = 0; r < n_rows; ++r) {                                             \
+            const T *xr = x0 + r * n_cols;                                                 \
+            const T *zr = z + r * n_cols;                                                  \
+            T largest = 0;                                                                 \
+            _Pragma("omp simd reduction(max : largest)")                                  \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                T w = zr[i] - xr[i];                                                       \
+                T a = w < 0 ? -w : w;                                                      \
+                T room = w >= 0 ? hi - xr[i] : xr[i] - lo;                                 \
+                room = room > 0 ? room : (T)0;                                             \
+                sizes[i] = a;                                                              \
+                rooms[i] = room;                                                           \
+                largest = a > largest ? a : largest;                                       \
+            }                                                                              \
+            T eps = eps_in[r];                                                             \
+            /* the state of l1_threshold.initial_state, at lam = 0 */                     \
+            T lam = 0, b_lo = 0, b_hi = largest;                                           \
+            int64_t lo_pos = 0, lo_sat = 0, hi_pos = 0, hi_sat = 0;                        \
+            int64_t prev_pos = -1, prev_sat = -1;                                          \
+            int was_newton = 0, st_done = -1, done = 0, inside = 0, steps = 0;             \
+            T h = 0;                                                                       \
+            for (;;) {                                                                     \
+                double h_sum = 0.0;                                                        \
+                int64_t positive = 0, saturated = 0;                                       \
+                T following = (T)INFINITY;                                                 \
+                _Pragma("omp simd reduction(+ : h_sum, positive, saturated) reduction(min : following)") \
+                for (int64_t i = 0; i < n_cols; ++i) {                                     \
+                    T t = sizes[i] - lam;                                                  \
+                    T room = rooms[i];                                                     \
+                    T start = sizes[i] - room; /* where it leaves saturation */            \
+                    T part = t > 0 ? t : (T)0;                                             \
+                    part = part < room ? part : room;                                      \
+                    h_sum += (double)part;                                                 \
+                    positive += t > 0;                                                     \
+                    int sat = start > lam;                                                 \
+                    saturated += sat;                                                      \
+                    T next = sat ? start : (T)INFINITY;                                    \
+                    following = next < following ? next : following;                      \
+                }                                                                          \
+                h = (T)h_sum;                                                              \
+                T active = (T)(positive - saturated);                                      \
+                if (st_done < 0) { /* lam = 0: initial_state */                            \
+                    lo_pos = positive;                                                     \
+                    lo_sat = saturated;                                                    \
+                    inside = h <= eps;                                                     \
+                    st_done = inside;                                                      \
+                }                                                                          \
+                int same = positive == prev_pos && saturated == prev_sat;                  \
+                int exact = h == eps || (was_newton && same);                              \
+                done = st_done || exact;                                                   \
+                if (done || steps == max_iter) break;                                      \
+                int above = h > eps;                                                       \
+                int flat = active == 0 && above;                                           \
+                if (above) {                                                               \
+                    b_lo = lam;                                                            \
+                    lo_pos = positive;                                                     \
+                    lo_sat = saturated;                                                    \
+                } else {                                                                   \
+                    b_hi = lam;                                                            \
+                    hi_pos = positive;                                                     \
+                    hi_sat = saturated;                                                    \
+                }                                                                          \
+                T newton = lam + (h - eps) / (active > 1 ? active : (T)1);                 \
+                newton = newton > 0 ? newton : (T)0;                                       \
+                int in_bracket = (newton > b_lo && newton < b_hi) || newton == lam;        \
+                was_newton = active > 0 && in_bracket;                                     \
+                T mid = (b_lo + b_hi) / 2;                                                 \
+                T next_lam = was_newton ? newton : mid;                                    \
+                if (flat) next_lam = following < b_hi ? following : b_hi;                  \
+                int one_segment = lo_pos == hi_pos && lo_sat == hi_sat && active > 0;      \
+                int tight = !was_newton && (mid <= b_lo || mid >= b_hi);                   \
+                int settle = one_segment || tight;                                         \
+                if (settle) {                                                              \
+                    T clipped = newton > b_lo ? newton : b_lo;                             \
+                    next_lam = one_segment ? (clipped < b_hi ? clipped : b_hi) : b_hi;     \
+                    st_done = 1;                                                           \
+                }                                                                          \
+                prev_pos = positive;                                                       \
+                prev_sat = saturated;                                                      \
+                lam = next_lam;                                                            \
+                steps += 1;                                                                \
+            }                                                                              \
+            lam_out[r] = lam;                                                              \
+            h_out[r] = h;                                                                  \
+            flags_out[r] = (int8_t)(done | (inside << 1));                                 \
+        }                                                                                  \
+        free(sizes);                                                                       \
+        return 0;                                                                          \
+    }
+
+CAR_L1_ROWS(float, car_l1_threshold_f32)
+CAR_L1_ROWS(double, car_l1_threshold_f64)
