@@ -158,6 +158,11 @@ def _load(path: Path) -> ctypes.CDLL:
     return library
 
 
+def _at(tensor: torch.Tensor, row: int, width: int = 1) -> int:
+    """The address of row ``row`` of a contiguous ``(N, width)`` (or ``(N,)``) tensor."""
+    return int(tensor.data_ptr()) + row * width * tensor.element_size()
+
+
 def _in_chunks(n: int, m: int, solve_rows: Callable[[int, int], int]) -> bool:
     """Run ``solve_rows(first, last)`` on chunks of about :data:`CHUNK_VALUES` values of
     the ``n`` rows of ``m`` values, on ``torch.get_num_threads()`` threads; whether every
@@ -253,26 +258,15 @@ def checked_newton_power(
     count = torch.empty(n, dtype=torch.int32)
     fn = library.car_newton_f32 if dtype == torch.float32 else library.car_newton_f64
     square = int(p == 2)
-    size = xf.element_size()
     limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
     outputs = (t, s, target, reach_ok, scale, count, done, flags)
 
     def solve_rows(first: int, last: int) -> int:
         """Rows ``first`` to ``last - 1``; the kernel's status (0: fine)."""
-        status: int = fn(
-            xf.data_ptr() + first * m * size,
-            df.data_ptr() + first * m * size,
-            eps_flat.data_ptr() + first * size,
-            last - first,
-            m,
-            lo,
-            hi,
-            fused.NEXT_BREAKPOINT_STEP,
-            square,
-            max_iter,
-            *limits,
-            *(a.data_ptr() + first * a.element_size() for a in outputs),
-        )
+        rows = (_at(xf, first, m), _at(df, first, m), _at(eps_flat, first))
+        settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, square, max_iter, *limits)
+        outs = (_at(a, first) for a in outputs)
+        status: int = fn(*rows, last - first, m, *settings, *outs)
         return status
 
     if not _in_chunks(n, m, solve_rows):
@@ -316,22 +310,12 @@ def l1_threshold(
     lam, h = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
     flags = torch.empty(n, dtype=torch.int8)
     fn = library.car_l1_threshold_f32 if dtype == torch.float32 else library.car_l1_threshold_f64
-    size = xf.element_size()
 
     def solve_rows(first: int, last: int) -> int:
-        status: int = fn(
-            xf.data_ptr() + first * m * size,
-            zf.data_ptr() + first * m * size,
-            eps_flat.data_ptr() + first * size,
-            last - first,
-            m,
-            lo,
-            hi,
-            max_iter,
-            lam.data_ptr() + first * size,
-            h.data_ptr() + first * size,
-            flags.data_ptr() + first,
-        )
+        """Rows ``first`` to ``last - 1``; the kernel's status (0: fine)."""
+        rows = (_at(xf, first, m), _at(zf, first, m), _at(eps_flat, first))
+        outs = (_at(a, first) for a in (lam, h, flags))
+        status: int = fn(*rows, last - first, m, lo, hi, max_iter, *outs)
         return status
 
     if not _in_chunks(n, m, solve_rows):
