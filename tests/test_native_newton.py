@@ -63,19 +63,26 @@ def test_kernel_takes_the_compiled_solves_iterates(native, bounds, p, dtype):
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0])
-def test_chunks_on_several_threads_give_the_one_thread_result(native, monkeypatch, p):
-    """Rows split into chunks (one row each here) on 3 threads: bit for bit the same."""
+def test_blocks_on_several_threads_give_the_one_thread_result(native, monkeypatch, p):
+    """Rows split into blocks on 3 threads (one value per thread allowed): bit for bit the
+    same, for the Newton solve and the L1 threshold."""
     x, delta, eps = _problem(9, 7, 0.0, 1.0, p, torch.float32)
     n = x.shape[0]
     args = (x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1))
     one = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
     threads = torch.get_num_threads()
-    monkeypatch.setattr(native_newton, "CHUNK_VALUES", 1)
+    z = x.reshape(n, -1) + delta.reshape(n, -1)
+    lam_one = native_newton.l1_threshold(args[0], z, args[2], lo=0.0, hi=1.0, max_iter=32)
+    monkeypatch.setattr(native_newton, "VALUES_PER_THREAD", 1)
     torch.set_num_threads(3)
     try:
+        assert native_newton._threads(n, 1) == 3
         many = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
+        lam_many = native_newton.l1_threshold(args[0], z, args[2], lo=0.0, hi=1.0, max_iter=32)
     finally:
         torch.set_num_threads(threads)
+    assert lam_one is not None and lam_many is not None
+    assert torch.equal(lam_one.lam, lam_many.lam) and torch.equal(lam_one.h, lam_many.h)
     assert one is not None and many is not None
     assert torch.equal(one.t, many.t) and torch.equal(one.active_sum, many.active_sum)
     assert one.iterations == many.iterations

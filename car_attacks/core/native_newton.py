@@ -8,7 +8,8 @@ to a two-row buffer, then every iteration over that buffer while it sits in the 
 cache. The iterates are those of :func:`~car_attacks.core.fused_newton.newton_power` (same
 start, powers, stopping rules and iteration cap; float64 sums in another order, vectorised
 with IEEE arithmetic), so results agree to the solvers' tolerances. Rows are split into
-chunks run on ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+blocks on up to ``torch.get_num_threads()`` threads the kernel starts itself
+(pthreads; see :data:`VALUES_PER_THREAD`).
 
 The C source is compiled on first use with the system's C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native``, about a second), cached under ``$XDG_CACHE_HOME/car_attacks``
@@ -32,8 +33,6 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,10 +46,21 @@ if TYPE_CHECKING:
     from .fused_newton import NewtonRun
 
 SOURCE = Path(__file__).with_name("native") / "car_newton.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-shared", "-fPIC")
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fopenmp-simd",
+    "-fno-trapping-math",
+    "-pthread",
+    "-shared",
+    "-fPIC",
+)
 """C compiler flags: IEEE arithmetic (no ``-ffast-math``), vectorised reductions."""
-CHUNK_VALUES = 1 << 20
-"""Values per chunk of rows handed to one thread (at least one row)."""
+VALUES_PER_THREAD = 1 << 19
+"""A call uses one thread per this many values (at most ``torch.get_num_threads()``, at
+most one per sample). On this project's 2-core machine a second thread made a CIFAR-size
+call (393,216 values) slower (1.17 against 1.10 ms: PyTorch's idle threads still hold the
+other core) and an ImageNet-size one faster (3.5 against 5.3 ms)."""
 
 _state: dict[str, Any] = {"failed": False, "library": None}
 
@@ -147,42 +157,21 @@ def _load(path: Path) -> ctypes.CDLL:
         fn = getattr(library, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, scalar, i32, i32]
-        fn.argtypes += [scalar] * 4 + [pointer] * 8
+        fn.argtypes += [scalar] * 4 + [pointer] * 8 + [i32]
     for name, scalar in (
         ("car_l1_threshold_f32", ctypes.c_float),
         ("car_l1_threshold_f64", ctypes.c_double),
     ):
         fn = getattr(library, name)
         fn.restype = ctypes.c_int
-        fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, i32] + [pointer] * 3
+        fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, i32]
+        fn.argtypes += [pointer] * 3 + [i32]
     return library
 
 
-def _at(tensor: torch.Tensor, row: int, width: int = 1) -> int:
-    """The address of row ``row`` of a contiguous ``(N, width)`` (or ``(N,)``) tensor."""
-    return int(tensor.data_ptr()) + row * width * tensor.element_size()
-
-
-def _in_chunks(n: int, m: int, solve_rows: Callable[[int, int], int]) -> bool:
-    """Run ``solve_rows(first, last)`` on chunks of about :data:`CHUNK_VALUES` values of
-    the ``n`` rows of ``m`` values, on ``torch.get_num_threads()`` threads; whether every
-    chunk succeeded (status 0; 1: out of memory for a two-row buffer)."""
-    rows_per_chunk = max(1, CHUNK_VALUES // max(m, 1))
-    chunks = [(i, min(n, i + rows_per_chunk)) for i in range(0, n, rows_per_chunk)]
-    threads = min(torch.get_num_threads(), len(chunks))
-    if threads <= 1:
-        statuses = [solve_rows(a, b) for a, b in chunks]
-    else:
-        statuses = list(_pool(threads).map(lambda ab: solve_rows(*ab), chunks))
-    return not any(statuses)
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A thread pool of ``threads`` workers, kept for the next calls."""
-    pools: dict[int, ThreadPoolExecutor] = _state.setdefault("pools", {})
-    if threads not in pools:
-        pools[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="car")
-    return pools[threads]
+def _threads(n: int, m: int) -> int:
+    """Threads for ``n`` rows of ``m`` values (see :data:`VALUES_PER_THREAD`)."""
+    return max(1, min(torch.get_num_threads(), n, (n * m) // VALUES_PER_THREAD))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,15 +250,19 @@ def checked_newton_power(
     limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
     outputs = (t, s, target, reach_ok, scale, count, done, flags)
 
-    def solve_rows(first: int, last: int) -> int:
-        """Rows ``first`` to ``last - 1``; the kernel's status (0: fine)."""
-        rows = (_at(xf, first, m), _at(df, first, m), _at(eps_flat, first))
-        settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, square, max_iter, *limits)
-        outs = (_at(a, first) for a in outputs)
-        status: int = fn(*rows, last - first, m, *settings, *outs)
-        return status
-
-    if not _in_chunks(n, m, solve_rows):
+    settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, square, max_iter, *limits)
+    pointers = (a.data_ptr() for a in outputs)
+    status = fn(
+        xf.data_ptr(),
+        df.data_ptr(),
+        eps_flat.data_ptr(),
+        n,
+        m,
+        *settings,
+        *pointers,
+        _threads(n, m),
+    )
+    if status:  # out of memory for a two-row buffer
         return None
     found = int(np.bitwise_or.reduce(flags.numpy()))  # bit 0: a check failed; 1: wide
     run = NewtonRun.from_rows(
@@ -311,14 +304,20 @@ def l1_threshold(
     flags = torch.empty(n, dtype=torch.int8)
     fn = library.car_l1_threshold_f32 if dtype == torch.float32 else library.car_l1_threshold_f64
 
-    def solve_rows(first: int, last: int) -> int:
-        """Rows ``first`` to ``last - 1``; the kernel's status (0: fine)."""
-        rows = (_at(xf, first, m), _at(zf, first, m), _at(eps_flat, first))
-        outs = (_at(a, first) for a in (lam, h, flags))
-        status: int = fn(*rows, last - first, m, lo, hi, max_iter, *outs)
-        return status
-
-    if not _in_chunks(n, m, solve_rows):
+    pointers = (a.data_ptr() for a in (lam, h, flags))
+    status = fn(
+        xf.data_ptr(),
+        zf.data_ptr(),
+        eps_flat.data_ptr(),
+        n,
+        m,
+        lo,
+        hi,
+        max_iter,
+        *pointers,
+        _threads(n, m),
+    )
+    if status:  # out of memory for a two-row buffer
         return None
     col = (n, 1)
     return Threshold(

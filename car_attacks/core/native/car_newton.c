@@ -16,13 +16,65 @@
  *
  * IEEE arithmetic (no -ffast-math); `omp simd` reductions (-fopenmp-simd: no OpenMP
  * runtime) let the sums be vectorised, and -fno-trapping-math lets the selects run as
- * blends. Rows are independent: the caller runs chunks of rows on several threads. The
+ * blends. Rows are independent: each call splits them into blocks on threads of its own
+ * (pthreads, no OpenMP runtime next to PyTorch's). The
  * code is written once per dtype T and power (SQ: p = 2) by the macros below; SQ is a
  * constant in each specialisation, so the loops have no branch.
  */
 #include <math.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <stdlib.h>
+
+/* Rows [first, last) of one call on threads of its own: each entry point packs its
+ * arguments in a struct and gives car_parallel a function solving a block of rows. Rows
+ * are independent, so the result does not depend on the number of threads. */
+typedef int (*car_block_fn)(const void *args, int64_t first, int64_t last);
+
+typedef struct {
+    car_block_fn fn;
+    const void *args;
+    int64_t first, last;
+    int status;
+} car_task;
+
+static void *car_task_run(void *task) {
+    car_task *t = (car_task *)task;
+    t->status = t->fn(t->args, t->first, t->last);
+    return NULL;
+}
+
+#define CAR_MAX_THREADS 256
+
+/* fn on `threads` blocks of rows (the calling thread takes the first); the OR of the
+ * blocks' statuses. A thread that cannot be started runs its block on the caller. */
+static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int threads) {
+    if (threads > n_rows) threads = (int)n_rows;
+    if (threads > CAR_MAX_THREADS) threads = CAR_MAX_THREADS;
+    if (threads <= 1) return fn(args, 0, n_rows);
+    car_task tasks[CAR_MAX_THREADS];
+    pthread_t ids[CAR_MAX_THREADS];
+    int started[CAR_MAX_THREADS];
+    for (int k = 0; k < threads; ++k) {
+        tasks[k].fn = fn;
+        tasks[k].args = args;
+        tasks[k].first = n_rows * k / threads;
+        tasks[k].last = n_rows * (k + 1) / threads;
+        tasks[k].status = 0;
+    }
+    for (int k = 1; k < threads; ++k)
+        started[k] = pthread_create(&ids[k], NULL, car_task_run, &tasks[k]) == 0;
+    car_task_run(&tasks[0]);
+    int status = tasks[0].status;
+    for (int k = 1; k < threads; ++k) {
+        if (started[k])
+            pthread_join(ids[k], NULL);
+        else
+            car_task_run(&tasks[k]);
+        status |= tasks[k].status;
+    }
+    return status;
+}
 
 /* One element of a Newton pass over the powers written out for the row (dp, rp). */
 #define CAR_PASS_ELEMENT(T)                                                                \
@@ -148,16 +200,39 @@ CAR_NEWTON_ROWS(float, 1, rows_f32_p2)
 CAR_NEWTON_ROWS(double, 0, rows_f64_p1)
 CAR_NEWTON_ROWS(double, 1, rows_f64_p2)
 
-/* The entry points: p = 2 where square, else p = 1. */
+/* The entry points: p = 2 where square, else p = 1; rows on `threads` threads. */
 #define CAR_NEWTON(T, NAME, P1, P2)                                                        \
+    typedef struct {                                                                       \
+        const T *x, *d, *eps;                                                              \
+        int64_t n_cols;                                                                    \
+        T lo, hi, next_step;                                                               \
+        int square, max_iter;                                                              \
+        T below, above, span_factor, tiny_eps;                                             \
+        T *t_out, *s_out, *target_out;                                                     \
+        int8_t *reach_out;                                                                 \
+        T *scale_out;                                                                      \
+        int32_t *count_out;                                                                \
+        int8_t *done_out, *flags_out;                                                      \
+    } NAME##_args;                                                                         \
+    static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
+        const NAME##_args *a = (const NAME##_args *)args;                                  \
+        int64_t at = first * a->n_cols;                                                    \
+        return (a->square ? P2 : P1)(                                                      \
+            a->x + at, a->d + at, a->eps + first, last - first, a->n_cols, a->lo, a->hi,  \
+            a->next_step, a->max_iter, a->below, a->above, a->span_factor, a->tiny_eps,    \
+            a->t_out + first, a->s_out + first, a->target_out + first,                     \
+            a->reach_out + first, a->scale_out + first, a->count_out + first,              \
+            a->done_out + first, a->flags_out + first);                                    \
+    }                                                                                      \
     int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,  \
              T hi, T next_step, int square, int max_iter, T below, T above, T span_factor, \
              T tiny_eps, T *t_out, T *s_out, T *target_out, int8_t *reach_out,             \
-             T *scale_out, int32_t *count_out, int8_t *done_out, int8_t *flags_out) {      \
-        return (square ? P2 : P1)(x, d, eps, n_rows, n_cols, lo, hi, next_step, max_iter,  \
-                                  below, above, span_factor, tiny_eps, t_out, s_out,       \
-                                  target_out, reach_out, scale_out, count_out, done_out,   \
-                                  flags_out);                                              \
+             T *scale_out, int32_t *count_out, int8_t *done_out, int8_t *flags_out,        \
+             int threads) {                                                                \
+        NAME##_args a = {x, d, eps, n_cols, lo, hi, next_step, square, max_iter, below,    \
+                         above, span_factor, tiny_eps, t_out, s_out, target_out,           \
+                         reach_out, scale_out, count_out, done_out, flags_out};            \
+        return car_parallel(NAME##_block, &a, n_rows, threads);                            \
     }
 
 CAR_NEWTON(float, car_newton_f32, rows_f32_p1, rows_f32_p2)
@@ -175,7 +250,8 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
  * the ball already, h(0) <= eps). Rows not done after max_iter steps are left to the
  * caller's sort. Returns 1 where the buffer could not be allocated, else 0. */
 #define CAR_L1_ROWS(T, NAME)                                                               \
-    int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows, int64_t n_cols,    \
+    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,             \
+                    int64_t n_cols,                                                        \
              T lo, T hi, int max_iter, T *lam_out, T *h_out, int8_t *flags_out) {         \
         T *sizes = (T *)malloc(2 * (size_t)n_cols * sizeof(T));                            \
         if (sizes == NULL) return 1;                                                       \
@@ -270,5 +346,31 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
         return 0;                                                                          \
     }
 
-CAR_L1_ROWS(float, car_l1_threshold_f32)
-CAR_L1_ROWS(double, car_l1_threshold_f64)
+CAR_L1_ROWS(float, l1_rows_f32)
+CAR_L1_ROWS(double, l1_rows_f64)
+
+/* The entry points of the threshold search; rows on `threads` threads. */
+#define CAR_L1(T, NAME, ROWS)                                                              \
+    typedef struct {                                                                       \
+        const T *x0, *z, *eps;                                                             \
+        int64_t n_cols;                                                                    \
+        T lo, hi;                                                                          \
+        int max_iter;                                                                      \
+        T *lam_out, *h_out;                                                                \
+        int8_t *flags_out;                                                                 \
+    } NAME##_args;                                                                         \
+    static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
+        const NAME##_args *a = (const NAME##_args *)args;                                  \
+        int64_t at = first * a->n_cols;                                                    \
+        return ROWS(a->x0 + at, a->z + at, a->eps + first, last - first, a->n_cols, a->lo, \
+                    a->hi, a->max_iter, a->lam_out + first, a->h_out + first,              \
+                    a->flags_out + first);                                                 \
+    }                                                                                      \
+    int NAME(const T *x0, const T *z, const T *eps, int64_t n_rows, int64_t n_cols, T lo, \
+             T hi, int max_iter, T *lam_out, T *h_out, int8_t *flags_out, int threads) {  \
+        NAME##_args a = {x0, z, eps, n_cols, lo, hi, max_iter, lam_out, h_out, flags_out}; \
+        return car_parallel(NAME##_block, &a, n_rows, threads);                            \
+    }
+
+CAR_L1(float, car_l1_threshold_f32, l1_rows_f32)
+CAR_L1(double, car_l1_threshold_f64, l1_rows_f64)
