@@ -56,12 +56,15 @@ FLAGS = (
     "-fPIC",
 )
 """C compiler flags: IEEE arithmetic (no ``-ffast-math``), vectorised reductions."""
-VALUES_PER_THREAD = 1 << 16
+VALUES_PER_THREAD = 1 << 19
 """A call uses one thread per this many values (at most ``torch.get_num_threads()``, at
-most one per sample; a thread costs ~10-30 µs to start). On this project's 2-core
-machine two threads made an ImageNet-size call 1.5x faster (3.5 against 5.3 ms); at CIFAR
-size the benchmark measured 0.86 against 1.01 ms, a loop right after PyTorch's own
-parallel work 1.17 against 1.10 ms (its idle threads still hold the other core)."""
+most one per sample; a thread costs ~10-30 µs to start). Right after PyTorch's own
+parallel work its OpenMP threads still spin on the cores, so a thread of ours competes
+with them: on this project's 2-core machine two threads made an ImageNet-size call 1.5x
+faster (3.5 against 5.3 ms) but a CIFAR-size one slower right after PyTorch's parallel
+work (1.17 against 1.10 ms) and the L2 projection around it (inductor passes on both
+sides) 59 one-pass equivalents instead of 28 at 2 threads; so a CIFAR batch (393,216
+values) stays on one thread."""
 
 _state: dict[str, Any] = {"failed": False, "library": None}
 
