@@ -157,6 +157,7 @@ def test_the_library_is_built_once_into_the_cache_and_reused(monkeypatch, tmp_pa
 def test_a_failing_compile_names_the_command(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(native_newton, "FLAGS", ("-this-flag-does-not-exist",))
+    monkeypatch.setattr(native_newton, "FLAGS_WITHOUT_OPENMP", ("-nor-does-this-one",))
     with pytest.raises(RuntimeError, match="-this-flag-does-not-exist.*failed"):
         native_newton._build()
     assert not list((Path(tmp_path) / "car_attacks").iterdir())  # the temporary is gone
@@ -262,3 +263,11 @@ def test_l1_threshold_kernel_matches_the_eager_search(native, bounds, dtype):
     np.testing.assert_allclose(
         found.h[keep].double().numpy(), eps[keep, None].double().numpy(), rtol=10 * rtol
     )
+
+
+def test_without_openmp_the_kernel_is_built_with_threads_of_its_own(monkeypatch, tmp_path):
+    """A compiler without an OpenMP runtime (here: -fopenmp refused): the second build."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native_newton, "FLAGS", ("-this-flag-does-not-exist",))
+    built = native_newton._build()
+    assert built.is_file() and native_newton._load(built).car_l1_threshold_f32 is not None

@@ -8,8 +8,8 @@ to a two-row buffer, then every iteration over that buffer while it sits in the 
 cache. The iterates are those of :func:`~car_attacks.core.fused_newton.newton_power` (same
 start, powers, stopping rules and iteration cap; float64 sums in another order, vectorised
 with IEEE arithmetic), so results agree to the solvers' tolerances. Rows are split into
-blocks on up to ``torch.get_num_threads()`` threads the kernel starts itself
-(pthreads; see :data:`VALUES_PER_THREAD`).
+blocks on up to ``torch.get_num_threads()`` of PyTorch's own OpenMP threads (see
+:data:`VALUES_PER_THREAD`; threads of the kernel's own where the compiler has no OpenMP).
 
 The C source is compiled on first use with the system's C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native``, about a second), cached under ``$XDG_CACHE_HOME/car_attacks``
@@ -46,25 +46,18 @@ if TYPE_CHECKING:
     from .fused_newton import NewtonRun
 
 SOURCE = Path(__file__).with_name("native") / "car_newton.c"
-FLAGS = (
-    "-O3",
-    "-march=native",
-    "-fopenmp-simd",
-    "-fno-trapping-math",
-    "-pthread",
-    "-shared",
-    "-fPIC",
-)
-"""C compiler flags: IEEE arithmetic (no ``-ffast-math``), vectorised reductions."""
-VALUES_PER_THREAD = 1 << 19
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-pthread", "-shared", "-fPIC")
+"""C compiler flags: IEEE arithmetic (no ``-ffast-math``), vectorised reductions, the row
+blocks on PyTorch's OpenMP threads (its ``libgomp.so.1``, already loaded, serves ours)."""
+FLAGS_WITHOUT_OPENMP = tuple("-fopenmp-simd" if f == "-fopenmp" else f for f in FLAGS)
+"""Where the compiler has no OpenMP runtime to link: threads of the kernel's own."""
+VALUES_PER_THREAD = 1 << 16
 """A call uses one thread per this many values (at most ``torch.get_num_threads()``, at
-most one per sample; a thread costs ~10-30 µs to start). Right after PyTorch's own
-parallel work its OpenMP threads still spin on the cores, so a thread of ours competes
-with them: on this project's 2-core machine two threads made an ImageNet-size call 1.5x
-faster (3.5 against 5.3 ms) but a CIFAR-size one slower right after PyTorch's parallel
-work (1.17 against 1.10 ms) and the L2 projection around it (inductor passes on both
-sides) 59 one-pass equivalents instead of 28 at 2 threads; so a CIFAR batch (393,216
-values) stays on one thread."""
+most one per sample). The threads are PyTorch's own OpenMP threads (the kernel is built
+with ``-fopenmp`` and so uses the ``libgomp.so.1`` PyTorch has loaded): threads of our own
+competed with PyTorch's, which keep spinning after its parallel work, and made the L2
+projection at CIFAR size 2x slower at 2 threads; sharing the pool, two threads take a
+CIFAR-size call from 1.06 to 0.71 ms."""
 
 _state: dict[str, Any] = {"failed": False, "library": None}
 
@@ -129,11 +122,23 @@ def _processor() -> str:
 
 def _build() -> Path:
     """Compile :data:`SOURCE` to a shared library in the cache (once per source, flags,
-    compiler and processor; written atomically, so concurrent processes are safe)."""
+    compiler and processor; written atomically, so concurrent processes are safe): with
+    :data:`FLAGS`, else with :data:`FLAGS_WITHOUT_OPENMP`."""
     compiler = _compiler()
+    try:
+        return _build_with(compiler, FLAGS)
+    except RuntimeError as exc:
+        try:
+            return _build_with(compiler, FLAGS_WITHOUT_OPENMP)
+        except RuntimeError:
+            raise exc from None
+
+
+def _build_with(compiler: str, flags: tuple[str, ...]) -> Path:
+    """:func:`_build` with ``flags``; RuntimeError naming the command where it fails."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(
-        b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _processor().encode()])
+        b"\0".join([source, " ".join(flags).encode(), compiler.encode(), _processor().encode()])
     ).hexdigest()[:16]
     target = _cache_dir() / f"car_newton-{key}.so"
     if target.is_file():
@@ -142,7 +147,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [*compiler.split(), *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+        cmd = [*compiler.split(), *flags, "-o", tmp, str(SOURCE), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")

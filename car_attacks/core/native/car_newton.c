@@ -16,8 +16,9 @@
  *
  * IEEE arithmetic (no -ffast-math); `omp simd` reductions (-fopenmp-simd: no OpenMP
  * runtime) let the sums be vectorised, and -fno-trapping-math lets the selects run as
- * blends. Rows are independent: each call splits them into blocks on threads of its own
- * (pthreads, no OpenMP runtime next to PyTorch's). The
+ * blends. Rows are independent: each call splits them into blocks run on PyTorch's own
+ * OpenMP threads (with -fopenmp: the libgomp PyTorch has loaded) or else on threads of
+ * its own (pthreads). The
  * code is written once per dtype T and power (SQ: p = 2) by the macros below; SQ is a
  * constant in each specialisation, so the loops have no branch.
  */
@@ -52,6 +53,15 @@ static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int t
     if (threads > n_rows) threads = (int)n_rows;
     if (threads > CAR_MAX_THREADS) threads = CAR_MAX_THREADS;
     if (threads <= 1) return fn(args, 0, n_rows);
+#ifdef _OPENMP
+    /* compiled with -fopenmp: PyTorch's own OpenMP threads (the libgomp it has loaded),
+     * which are still spinning after its parallel work, take the blocks */
+    int status = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : status)
+    for (int k = 0; k < threads; ++k)
+        status |= fn(args, n_rows * k / threads, n_rows * (k + 1) / threads);
+    return status;
+#else
     car_task tasks[CAR_MAX_THREADS];
     pthread_t ids[CAR_MAX_THREADS];
     int started[CAR_MAX_THREADS];
@@ -74,6 +84,7 @@ static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int t
         status |= tasks[k].status;
     }
     return status;
+#endif
 }
 
 /* One element of a Newton pass over the powers written out for the row (dp, rp). */
