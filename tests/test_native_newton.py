@@ -145,11 +145,16 @@ def test_no_compiler_warns_once_and_the_other_solvers_run(monkeypatch, tmp_path)
 
 
 def test_the_library_is_built_once_into_the_cache_and_reused(monkeypatch, tmp_path):
+    """Built once (its compile time recorded), then loaded from the cache (none recorded)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    before = fused.compile_seconds().get("car_newton", 0.0)
     first = native_newton._build()
+    built = fused.compile_seconds().get("car_newton", 0.0)
+    assert built > before
     assert first.parent == Path(tmp_path) / "car_attacks" and first.is_file()
     stamp = first.stat().st_mtime_ns
     assert native_newton._build() == first and first.stat().st_mtime_ns == stamp
+    assert fused.compile_seconds().get("car_newton", 0.0) == built  # a cache hit
     assert not [p for p in first.parent.iterdir() if p != first]  # no temporary left
     assert native_newton._load(first).car_newton_f64 is not None
 
