@@ -334,6 +334,43 @@ def float64_thresholds(width: float) -> tuple[float, float]:
     return max(1 / FLOAT32_RANGE, width / FLOAT32_RANGE**1.5), 1 / FLOAT32_RANGE
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckLimits:
+    """The limits of the public function's checks, rounded to the inputs' dtype: ``x``
+    inside ``[below, above]``, and the float32 range test of :func:`float64_thresholds`
+    (a non-zero ``|delta_i|`` below ``max |delta| * span_factor``, or a non-zero ``eps``
+    below ``tiny_eps``, sends a float32 solve to float64)."""
+
+    below: float
+    above: float
+    span_factor: float
+    tiny_eps: float
+
+    @classmethod
+    def of(
+        cls, like: torch.Tensor, lo: float, hi: float, below: float, above: float
+    ) -> CheckLimits:
+        """The limits for bounds ``(lo, hi)`` and the box ``[below, above]`` ``x`` must be in."""
+        span_factor, tiny_eps = float64_thresholds(hi - lo)
+        return cls(
+            below=as_dtype_float(below, like),
+            above=as_dtype_float(above, like),
+            span_factor=as_dtype_float(span_factor, like),
+            tiny_eps=as_dtype_float(tiny_eps, like),
+        )
+
+
+NO_CHECKS = CheckLimits(below=-math.inf, above=math.inf, span_factor=0.0, tiny_eps=0.0)
+"""Limits that nothing fails."""
+
+
+def float64_needed(like: torch.Tensor, width: float, found: bool) -> bool:
+    """Whether a p = 1 or 2 solve of ``like``'s dtype runs in float64: float32 inputs with
+    bounds wider than :data:`FLOAT32_RANGE`, or where the checks ``found`` a sample outside
+    the float32 range (:class:`CheckLimits`)."""
+    return like.dtype != torch.float64 and (width > FLOAT32_RANGE or found)
+
+
 def as_dtype_float(value: float, like: torch.Tensor) -> float:
     """``value`` rounded to ``like``'s dtype, as eager PyTorch rounds a Python scalar operand."""
     return _rounded(value, like.dtype)
@@ -438,35 +475,35 @@ def checked_first_pass(
     ``x``'s dtype; it is checked too (finite, ``>= 0``)."""
     n = x.shape[0]
     xf, df = x.detach().reshape(n, -1), delta.detach().reshape(n, -1)
-    lo_given, hi_given = lo, hi
+    limits = CheckLimits.of(x, lo, hi, below, above)
+    width = hi - lo
     lo, hi = as_dtype_float(lo, x), as_dtype_float(hi, x)
-    below, above = as_dtype_float(below, x), as_dtype_float(above, x)
     eps_col = eps.detach().reshape(n, 1)
     if p == math.inf:
-        bad, reach, fastest = _CHECKED_LINF_PASS(xf, df, eps_col, lo, hi, below, above)
+        bad, reach, fastest = _CHECKED_LINF_PASS(
+            xf, df, eps_col, lo, hi, limits.below, limits.above
+        )
         return InputStats(
             clean=_no_violation(bad), span=None, first=LinfPass(reach=reach, fastest=fastest)
         )
-    width = hi_given - lo_given
-    span_factor, tiny_eps = float64_thresholds(width)
     flags, slope, reach, largest, smallest = _CHECKED_FIRST_SUMS(
         xf,
         df,
         eps_col,
         lo,
         hi,
-        below,
-        above,
+        limits.below,
+        limits.above,
         p == 2,
-        as_dtype_float(span_factor, x),
-        as_dtype_float(tiny_eps, x),
+        limits.span_factor,
+        limits.tiny_eps,
     )
     clean, wide = flags.tolist()  # one host sync
     return InputStats(
         clean=clean,
         span=Span(largest=largest[:, 0], smallest=smallest[:, 0]),
         first=FirstSums(slope=slope, reach=reach, largest=largest),
-        wide=x.dtype != torch.float64 and (width > FLOAT32_RANGE or wide),
+        wide=float64_needed(x, width, wide),
     )
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -184,22 +183,6 @@ def _threads(n: int, m: int) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Checks:
-    """The public function's checks, run in the kernel's first pass (see
-    :func:`~car_attacks.core.fused.checked_first_pass`): ``x`` inside ``[below, above]``,
-    and the float32 range test of :func:`~car_attacks.core.fused.float64_thresholds`."""
-
-    below: float
-    above: float
-    span_factor: float
-    tiny_eps: float
-
-
-NO_CHECKS = Checks(below=-math.inf, above=math.inf, span_factor=0.0, tiny_eps=0.0)
-"""Checks that nothing fails (the finiteness of the values is still looked at)."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class CheckedRun:
     """What :func:`checked_newton_power` found: the solve, and what the checks said."""
 
@@ -224,7 +207,7 @@ def newton_power(
     ``x`` and ``delta`` ``(N, n)``, ``eps`` ``(N, 1)``, all of one float dtype on the CPU.
     ``None`` where the kernel could not run (the caller then solves otherwise)."""
     checked = checked_newton_power(
-        x, delta, eps, p=p, lo=lo, hi=hi, max_iter=max_iter, checks=NO_CHECKS
+        x, delta, eps, p=p, lo=lo, hi=hi, max_iter=max_iter, checks=fused.NO_CHECKS
     )
     return None if checked is None else checked.run
 
@@ -238,7 +221,7 @@ def checked_newton_power(
     lo: float,
     hi: float,
     max_iter: int,
-    checks: Checks,
+    checks: fused.CheckLimits,
 ) -> CheckedRun | None:
     """:func:`newton_power` with the public function's ``checks`` in its first pass (the
     solve is garbage where they fail: look at :attr:`CheckedRun.clean` first)."""

@@ -235,13 +235,7 @@ def _native_call(
     run)."""
     n = x.shape[0]
     lo_, hi_ = fused.as_dtype_float(lo, x), fused.as_dtype_float(hi, x)
-    span_factor, tiny_eps = fused.float64_thresholds(hi - lo)
-    checks = native_newton.Checks(
-        below=fused.as_dtype_float(lo - tol, x),
-        above=fused.as_dtype_float(hi + tol, x),
-        span_factor=fused.as_dtype_float(span_factor, x),
-        tiny_eps=fused.as_dtype_float(tiny_eps, x),
-    )
+    checks = fused.CheckLimits.of(x, lo, hi, below=lo - tol, above=hi + tol)
     checked = native_newton.checked_newton_power(
         x.reshape(n, -1),
         delta.reshape(n, -1),
@@ -257,8 +251,7 @@ def _native_call(
     problem = RescalingProblem(
         x=ep.astensor(x), delta=ep.astensor(delta), eps=ep.astensor(eps), p=p, lo=lo, hi=hi
     )
-    wide = x.dtype != torch.float64 and (hi - lo > FLOAT32_RANGE or checked.wide)
-    if wide:
+    if fused.float64_needed(x, hi - lo, checked.wide):
         return solve_power(problem.float64(), "newton")[0].raw
     if not checked.run.finished:  # the sort finishes the rare unconverged sample
         return solve_power(problem, "newton")[0].raw
