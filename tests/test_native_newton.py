@@ -121,9 +121,15 @@ def test_the_attacks_use_it_from_the_first_call_in_auto_mode(native, monkeypatch
     assert not fused.compile_enabled()
     _solve(x, delta, eps, 2.0, (0.0, 1.0))
     assert calls == [1]
+    # values the C kernel solves (here samples the compiled path would take too) do not
+    # count towards compiling the others (ski rental)
+    big = torch.rand(2, fused.FUSED_MIN_SIZE), torch.randn(2, fused.FUSED_MIN_SIZE)
+    declined = fused._state["declined_values"]
+    _solve(*big, torch.tensor([1.0, 2.0]), 2.0, (0.0, 1.0))
+    assert calls == [1, 1] and fused._state["declined_values"] == declined
     monkeypatch.setenv(fused.COMPILE_ENV, "0")
     _solve(x, delta, eps, 2.0, (0.0, 1.0))
-    assert calls == [1]  # "0": never
+    assert calls == [1, 1]  # "0": never
 
 
 def test_no_compiler_warns_once_and_the_other_solvers_run(monkeypatch, tmp_path):
