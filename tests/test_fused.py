@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import eagerpy as ep
 import numpy as np
@@ -46,6 +47,35 @@ def _solve(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, p: float, bo
         ep.astensor(x), ep.astensor(delta), ep.astensor(eps), p=p, lo=bounds[0], hi=bounds[1]
     )
     return eta.raw, info
+
+
+def check_kernel_takes_the_compiled_iterates(
+    newton_power: Any, bounds: tuple[float, float], p: float, dtype: torch.dtype
+) -> None:
+    """A per-sample Newton kernel (``newton_power`` of :mod:`car_attacks.core.native_newton`
+    or :mod:`car_attacks.core.triton_newton`) against the compiled solve run eagerly (no
+    kernel): the same start, scale, iteration counts and, to float64-sum reordering, ``t``
+    and ``S``; a sample with ``eps = 0`` and one that cannot move included."""
+    x, delta, eps = _problem(5, 6, *bounds, p, dtype)
+    eps[1] = 0.0
+    delta[2] = 0.0
+    lo, hi = (fused.as_dtype_float(b, x) for b in bounds)
+    n = x.shape[0]
+    flat = (x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1))
+    run = newton_power(*flat, p=p, lo=lo, hi=hi, max_iter=32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(native_newton._state, "failed", True)
+        mp.setenv(fused.COMPILE_ENV, "0")
+        reference = fused_newton.newton_power(x, delta, eps, p=p, lo=lo, hi=hi, max_iter=32)
+    assert run is not None and run.finished and reference.finished
+    assert run.iterations == reference.iterations
+    for name in ("target", "reachable", "d_scale"):
+        assert torch.equal(getattr(run, name), getattr(reference, name)), name
+    rtol = 4e-7 if dtype == torch.float32 else 1e-14
+    np.testing.assert_allclose(run.t.numpy(), reference.t.numpy(), rtol=rtol, atol=0)
+    np.testing.assert_allclose(
+        run.active_sum.numpy(), reference.active_sum.numpy(), rtol=rtol, atol=0
+    )
 
 
 def _eager(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from oracles import bisection_eta
-from test_fused import BOUNDS, _problem, _solve
+from test_fused import BOUNDS, _problem, _solve, check_kernel_takes_the_compiled_iterates
 
-from car_attacks.core import fused, fused_newton, native_newton
+from car_attacks.core import fused, native_newton
 
 
 @pytest.fixture
@@ -29,37 +29,11 @@ def native(monkeypatch: pytest.MonkeyPatch) -> None:
     assert native_newton.available(torch.zeros(1)), "a C compiler is present here"
 
 
-def _both(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, p: float, bounds: Any) -> Any:
-    """The kernel's run and the compiled solve's (run eagerly) on the same problem."""
-    lo, hi = (fused.as_dtype_float(b, x) for b in bounds)
-    n = x.shape[0]
-    run = native_newton.newton_power(
-        x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1), p=p, lo=lo, hi=hi, max_iter=32
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(native_newton._state, "failed", True)
-        mp.setenv(fused.COMPILE_ENV, "0")
-        reference = fused_newton.newton_power(x, delta, eps, p=p, lo=lo, hi=hi, max_iter=32)
-    return run, reference
-
-
 @pytest.mark.parametrize("bounds", BOUNDS)
 @pytest.mark.parametrize("p", [1.0, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_takes_the_compiled_solves_iterates(native, bounds, p, dtype):
-    x, delta, eps = _problem(5, 6, *bounds, p, dtype)
-    eps[1] = 0.0
-    delta[2] = 0.0  # a sample that cannot move
-    run, reference = _both(x, delta, eps, p, bounds)
-    assert run is not None and run.finished and reference.finished
-    assert run.iterations == reference.iterations
-    for name in ("target", "reachable", "d_scale"):
-        assert torch.equal(getattr(run, name), getattr(reference, name)), name
-    rtol = 4e-7 if dtype == torch.float32 else 1e-14  # float64 sums in another order
-    np.testing.assert_allclose(run.t.numpy(), reference.t.numpy(), rtol=rtol, atol=0)
-    np.testing.assert_allclose(
-        run.active_sum.numpy(), reference.active_sum.numpy(), rtol=rtol, atol=0
-    )
+    check_kernel_takes_the_compiled_iterates(native_newton.newton_power, bounds, p, dtype)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from oracles import bisection_eta
-from test_fused import BOUNDS, _problem, _solve
+from test_fused import BOUNDS, _problem, _solve, check_kernel_takes_the_compiled_iterates
 
 from car_attacks.core import fused, fused_newton, triton_newton
 
@@ -52,20 +52,7 @@ def _both(
 @pytest.mark.parametrize("p", [1.0, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_takes_the_compiled_solves_iterates(bounds, p, dtype):
-    x, delta, eps = _problem(5, 6, *bounds, p, dtype)
-    eps[1] = 0.0
-    delta[2] = 0.0  # a sample that cannot move
-    run, reference = _both(x, delta, eps, p, bounds)
-    assert run is not None and run.finished and reference.finished
-    assert run.iterations == reference.iterations
-    for name in ("target", "reachable", "d_scale"):
-        assert torch.equal(getattr(run, name), getattr(reference, name)), name
-    # float64 sums in another order: the last bits of t (and S) may differ
-    rtol = 4e-7 if dtype == torch.float32 else 1e-14
-    np.testing.assert_allclose(run.t.numpy(), reference.t.numpy(), rtol=rtol, atol=0)
-    np.testing.assert_allclose(
-        run.active_sum.numpy(), reference.active_sum.numpy(), rtol=rtol, atol=0
-    )
+    check_kernel_takes_the_compiled_iterates(triton_newton.newton_power, bounds, p, dtype)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0])
