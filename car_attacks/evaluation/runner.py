@@ -137,8 +137,9 @@ def _norms(delta: Tensor) -> tuple[list[float], list[float], list[float]]:
 def warm_up(model: torch.nn.Module, x: Tensor) -> None:
     """One untimed forward and input-gradient pass of ``model`` on ``x`` (no query counted,
     no ``.grad`` on parameters), so that the first timed attack unit is not charged for the
-    framework's one-time set-up (CUDA's lazy kernel loading and cuDNN handles, oneDNN's
-    primitives), which on a GPU made the first variant look slower than the others."""
+    framework's one-time set-up of the model's kernels (CUDA's lazy loading, cuDNN and oneDNN
+    handles). The attack's own kernels are not warmed: on an H200 the first variant still
+    took ~0.1 s more "other" time than the ones after it (README, "On a GPU")."""
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = model(xg)
