@@ -39,27 +39,38 @@ def test_kernel_takes_the_compiled_solves_iterates(native, bounds, p, dtype):
 @pytest.mark.parametrize("p", [1.0, 2.0])
 def test_blocks_on_several_threads_give_the_one_thread_result(native, monkeypatch, p):
     """Rows split into blocks on 3 threads (one value per thread allowed): bit for bit the
-    same, for the Newton solve and the L1 threshold."""
+    same, for the Newton solve, the projections and the L-inf scale."""
     x, delta, eps = _problem(9, 7, 0.0, 1.0, p, torch.float32)
     n = x.shape[0]
     args = (x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1))
-    one = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
+    z = args[0] + args[1]
+
+    def run() -> tuple[Any, ...]:
+        solve = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
+        projected = [
+            native_newton.project(
+                args[0], z, eps, p=q, lo=0.0, hi=1.0, max_iter=32, checks=fused.NO_CHECKS
+            )
+            for q in (p, math.inf)
+        ]
+        scale = native_newton.linf_eta(*args[:2], eps, lo=0.0, hi=1.0, checks=fused.NO_CHECKS)
+        assert solve is not None and scale is not None and None not in projected
+        return solve, *projected, scale
+
     threads = torch.get_num_threads()
-    z = x.reshape(n, -1) + delta.reshape(n, -1)
-    lam_one = native_newton.l1_threshold(args[0], z, args[2], lo=0.0, hi=1.0, max_iter=32)
+    one = run()
     monkeypatch.setattr(native_newton, "VALUES_PER_THREAD", 1)
     torch.set_num_threads(3)
     try:
         assert native_newton._threads(n, 1) == 3
-        many = native_newton.newton_power(*args, p=p, lo=0.0, hi=1.0, max_iter=32)
-        lam_many = native_newton.l1_threshold(args[0], z, args[2], lo=0.0, hi=1.0, max_iter=32)
+        many = run()
     finally:
         torch.set_num_threads(threads)
-    assert lam_one is not None and lam_many is not None
-    assert torch.equal(lam_one.lam, lam_many.lam) and torch.equal(lam_one.h, lam_many.h)
-    assert one is not None and many is not None
-    assert torch.equal(one.t, many.t) and torch.equal(one.active_sum, many.active_sum)
-    assert one.iterations == many.iterations
+    assert torch.equal(one[0].t, many[0].t) and torch.equal(one[0].active_sum, many[0].active_sum)
+    assert one[0].iterations == many[0].iterations
+    for a, b in zip(one[1:3], many[1:3], strict=True):
+        assert torch.equal(a.out, b.out) and a.left is None and b.left is None
+    assert torch.equal(one[3].eta, many[3].eta)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0])
@@ -213,46 +224,9 @@ def test_public_checks_in_the_kernel_give_the_eager_outcome(native, monkeypatch,
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=2e-6, atol=0)
 
 
-@pytest.mark.parametrize("bounds", BOUNDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_l1_threshold_kernel_matches_the_eager_search(native, bounds, dtype):
-    """The L1 projection's threshold by the C kernel against the eager safeguarded Newton
-    (:func:`~car_attacks.core.l1_threshold.l1_threshold`), a row inside the ball too."""
-    import eagerpy as ep
-
-    from car_attacks.core.l1_threshold import l1_threshold
-    from car_attacks.core.tensors import room_along
-
-    x0, delta, eps = _problem(21, 6, *bounds, 1.0, dtype)
-    z = x0 + 3 * delta
-    eps[1:] = eps[1:] / 4  # outside the ball (row 0's eps is beyond reach: inside)
-    eps[2] = 1e6  # inside: h(0) <= eps
-    n = x0.shape[0]
-    lo, hi = (fused.as_dtype_float(b, x0) for b in bounds)
-    found = native_newton.l1_threshold(
-        x0.reshape(n, -1), z.reshape(n, -1), eps.reshape(n, 1), lo=lo, hi=hi, max_iter=32
-    )
-    assert found is not None and bool(found.done.all())
-    w = z - x0
-    size = w.abs().reshape(n, -1)
-    room = room_along(ep.astensor(x0), ep.astensor(w), lo, hi).raw.reshape(n, -1)
-    expected = l1_threshold(ep.astensor(size), ep.astensor(room), ep.astensor(eps)).raw
-    h0 = torch.minimum(size, room).double().sum(1)
-    assert found.inside[:, 0].tolist() == (h0 <= eps.double()).tolist()
-    assert bool(found.inside[2]) and not bool(found.inside.all())
-    keep = ~found.inside[:, 0]
-    rtol = 1e-6 if dtype == torch.float32 else 1e-13
-    np.testing.assert_allclose(found.lam[keep].numpy(), expected[keep].numpy(), rtol=rtol, atol=0)
-    h = torch.minimum((size - found.lam).clamp_min(0), room).double().sum(1, keepdim=True)
-    np.testing.assert_allclose(found.h.double().numpy(), h.numpy(), rtol=10 * rtol, atol=0)
-    np.testing.assert_allclose(
-        found.h[keep].double().numpy(), eps[keep, None].double().numpy(), rtol=10 * rtol
-    )
-
-
 def test_without_openmp_the_kernel_is_built_with_threads_of_its_own(monkeypatch, tmp_path):
     """A compiler without an OpenMP runtime (here: -fopenmp refused): the second build."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(native_newton, "FLAGS", ("-this-flag-does-not-exist",))
     built = native_newton._build()
-    assert built.is_file() and native_newton._load(built).car_l1_threshold_f32 is not None
+    assert built.is_file() and native_newton._load(built).car_project_f32 is not None

@@ -16,6 +16,7 @@ import torch
 from oracles import as64, dykstra_projection, lp_norm, project_then_clip
 
 import car_attacks
+from car_attacks.core import fused, native_newton
 
 P_PROJ = [1.0, 2.0, math.inf]
 SCENARIOS = [
@@ -27,6 +28,18 @@ SCENARIOS = [
     "per_sample_eps",  # including eps = 0 and a huge eps
     "tiny_eps",
 ]
+
+
+@pytest.fixture(autouse=True, params=["eager", "c-kernel"])
+def solver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: the eager projections (``CAR_ATTACKS_COMPILE=0``, the suite's
+    default) and the C kernels the ``auto`` default uses on CPU tensors
+    (:func:`~car_attacks.core.native_newton.project`)."""
+    if request.param == "c-kernel":
+        monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+        monkeypatch.setitem(native_newton._state, "failed", False)
+        assert native_newton.available(torch.zeros(1)), "a C compiler is present here"
+    return str(request.param)
 
 
 def proj(*args, **kwargs):

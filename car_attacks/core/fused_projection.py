@@ -25,15 +25,13 @@ from typing import Any
 import eagerpy as ep
 import torch
 
-from . import fused, l1_threshold, native_newton
+from . import fused
 from .fused import _Kernel, _row_sum, as_dtype_float
 from .l1_threshold import (
     EXACT_FLOAT32_COUNT,
     EagerProblem,
     NewtonState,
-    Outcome,
     Sums,
-    finish_by_sort,
     initial_state,
     newton_step,
     solve_threshold,
@@ -240,17 +238,11 @@ def project_l1_fused(
     xf, zf, lo_, hi_ = _flat(x0, z, lo, hi)
     problem = FusedProblem(xf, zf, lo_, hi_)
     eps_col = eps.reshape((-1, 1))
-    native = _native_threshold(problem, eps_col)
-    if native is None:
-        state, first = problem.start(eps_col)
-        inside = state.done  # h(0) <= eps: the ball holds clip(z)
-        if inside.all().item():
-            return clip_to_bounds(z, lo, hi)
-        outcome = solve_threshold(problem, eps_col, state, first)
-    else:
-        inside, outcome = native
-        if inside.all().item():
-            return clip_to_bounds(z, lo, hi)
+    state, first = problem.start(eps_col)
+    inside = state.done  # h(0) <= eps: the ball holds clip(z)
+    if inside.all().item():
+        return clip_to_bounds(z, lo, hi)
+    outcome = solve_threshold(problem, eps_col, state, first)
     lam = ep.where(inside, 0.0, outcome.lam)
     # the rows whose norm rounding pushed past eps are shrunk back onto the ball
     total = outcome.h
@@ -258,28 +250,6 @@ def project_l1_fused(
     scale = ep.where(over, eps_col / ep.where(over, total, 1.0), 1.0)
     out = _L1_OUTPUT(xf, zf, lam.raw, scale.raw, lo_, hi_)
     return ep.astensor(out.reshape(x0.shape))
-
-
-def _native_threshold(
-    problem: FusedProblem, eps_col: ep.Tensor
-) -> tuple[ep.Tensor, Outcome] | None:
-    """``(inside, outcome)`` of the threshold search by the C kernel
-    (:func:`~car_attacks.core.native_newton.l1_threshold`), the sort for the rare sample
-    it has not finished; ``None`` where the kernel does not run."""
-    x0 = problem.x0
-    if not native_newton.available(x0):
-        return None
-    lo, hi = float(problem.lo), float(problem.hi)
-    found = native_newton.l1_threshold(
-        x0, problem.z, eps_col.raw, lo=lo, hi=hi, max_iter=l1_threshold.L1_NEWTON_MAX_ITER
-    )
-    if found is None:
-        return None
-    inside, done = ep.astensor(found.inside), ep.astensor(found.done)
-    outcome = Outcome(lam=ep.astensor(found.lam), done=done, h=ep.astensor(found.h))
-    if not bool(found.done.all()):
-        outcome = finish_by_sort(problem, eps_col, outcome)
-    return inside, outcome
 
 
 def l2_inside(

@@ -1,4 +1,5 @@
-"""The fused Newton solve (p = 1 or 2) as a C kernel for CPU tensors, one sample at a time.
+"""The fused Newton solve (p = 1 or 2), the exact projections and the L-inf scale as C
+kernels for CPU tensors, one sample at a time.
 
 The compiled solve of :mod:`~car_attacks.core.fused_newton` makes each Newton iteration
 one pass over the whole batch, so every pass streams ``x`` and ``delta`` from memory
@@ -10,6 +11,15 @@ start, powers, stopping rules and iteration cap; float64 sums in another order, 
 with IEEE arithmetic), so results agree to the solvers' tolerances. Rows are split into
 blocks on up to ``torch.get_num_threads()`` of PyTorch's own OpenMP threads (see
 :data:`VALUES_PER_THREAD`; threads of the kernel's own where the compiler has no OpenMP).
+
+The same library holds whole calls, each one pass over the inputs that also runs the
+public function's checks, then work in cache, then the output (:func:`project`,
+:func:`linf_eta`): the L2 projection (in-ball test, ``w = z - x0`` to a buffer, the Newton
+solve above on it, ``clip(x0 + min(1, eta) w)``), the L1 projection (the safeguarded
+Newton of :func:`~car_attacks.core.l1_threshold.newton_step` on ``|w|`` and the room, then
+the soft threshold), the L-inf projection and the L-inf scale. A row whose closed form does
+not apply (an unfinished solve, a float32 row that needs float64, ...) is left to the
+caller's general path, so every row's result is that of the general path to rounding.
 
 The C source is compiled on first use with the system's C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native``, about a second), cached under ``$XDG_CACHE_HOME/car_attacks``
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -72,7 +83,9 @@ def available(x: torch.Tensor) -> bool:
 def eligible(x: Any, delta: Any, lo: Any, hi: Any) -> bool:
     """The inputs the kernel takes (:func:`~car_attacks.core.fused.kernel_inputs`, any
     number of values per sample, at least one) where it runs (:func:`available`)."""
-    return fused.kernel_inputs(x, delta, lo, hi) and x.numel() >= x.shape[0] and available(x)
+    if not fused.kernel_inputs(x, delta, lo, hi) or delta.device != x.device:
+        return False
+    return x.numel() >= x.shape[0] and available(x)
 
 
 def _library() -> ctypes.CDLL | None:
@@ -158,22 +171,22 @@ def _build_with(compiler: str, flags: tuple[str, ...]) -> Path:
 
 
 def _load(path: Path) -> ctypes.CDLL:
-    """Load the library and declare its two entry points."""
+    """Load the library and declare its entry points (the Newton solve, the projections,
+    the L-inf scale), each in float32 and float64."""
     library = ctypes.CDLL(str(path))
     pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for name, scalar in (("car_newton_f32", ctypes.c_float), ("car_newton_f64", ctypes.c_double)):
-        fn = getattr(library, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, scalar, i32, i32]
-        fn.argtypes += [scalar] * 4 + [pointer] * 8 + [i32]
-    for name, scalar in (
-        ("car_l1_threshold_f32", ctypes.c_float),
-        ("car_l1_threshold_f64", ctypes.c_double),
-    ):
-        fn = getattr(library, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [pointer, pointer, pointer, i64, i64, scalar, scalar, i32]
-        fn.argtypes += [pointer] * 3 + [i32]
+    for suffix, scalar in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        rows = [pointer] * 3 + [i64, i64]  # x (or x0), delta (or z), eps; rows, columns
+        settings = [scalar] * 3 + [i32, i32] + [scalar] * 4  # bounds, step, flags, checks
+        signatures = {
+            "car_newton": rows + settings + [pointer] * 8 + [i32],
+            "car_project": rows + settings + [pointer] * 2 + [i32],
+            "car_linf_eta": rows + [scalar] * 4 + [pointer] * 2 + [i32],
+        }
+        for name, argtypes in signatures.items():
+            fn = getattr(library, f"{name}_{suffix}")
+            fn.restype = ctypes.c_int
+            fn.argtypes = argtypes
     return library
 
 
@@ -263,28 +276,42 @@ def checked_newton_power(
     return CheckedRun(run=run, clean=not found & 1, wide=bool(found & 2))
 
 
+CHECK_FAILED, WIDE, INSIDE, LEFT = 1, 2, 4, 8
+"""The projection kernels' flags per row (as in ``native/car_newton.c``): a check failed,
+the float32 solve needs float64 (L2), ``clip(z)`` is in the ball, the row is left to the
+caller (its output not written)."""
+
+
 @dataclass(frozen=True, kw_only=True)
-class Threshold:
-    """The L1 projection's threshold per sample (see :func:`l1_threshold`), ``(N, 1)`` each."""
+class Projected:
+    """What :func:`project` found: the projection, and what the caller still has to do."""
 
-    lam: torch.Tensor
-    h: torch.Tensor
-    """``h(lam)``, summed in float64."""
-    done: torch.Tensor
-    """Where ``lam`` is exact (the rest: for the sort)."""
-    inside: torch.Tensor
-    """Where ``h(0) <= eps``: ``clip(z)`` is in the ball (``lam = 0``)."""
+    out: torch.Tensor
+    """``(N, n)``; the rows in :attr:`left` are not written."""
+    clean: bool
+    """Every check passed (see :func:`checked_newton_power`)."""
+    left: torch.Tensor | None
+    """Indices ``(k,)`` of the rows to project otherwise: a check failed, the solve did not
+    finish or its closed form does not apply, or the row needs float64; ``None`` where
+    there are none."""
 
 
-def l1_threshold(
-    x0: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, *, lo: float, hi: float, max_iter: int
-) -> Threshold | None:
-    """The threshold ``lam`` of :func:`~car_attacks.core.projection.project_l1` by the C
-    kernel: ``h(lam) = sum_i min((a_i - lam)_+, r_i) = eps`` with ``a = |z - x0|`` and the
-    room ``r`` along ``z - x0``, by the safeguarded Newton of
-    :func:`~car_attacks.core.l1_threshold.newton_step` one sample at a time (``a`` and ``r``
-    in a two-row buffer in cache). ``x0`` and ``z`` ``(N, n)``, ``eps`` ``(N, 1)``, one
-    float dtype on the CPU; ``None`` where the kernel could not run."""
+def project(
+    x0: torch.Tensor,
+    z: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    p: float,
+    lo: float,
+    hi: float,
+    max_iter: int,
+    checks: fused.CheckLimits,
+) -> Projected | None:
+    """The exact projection of ``z`` onto ``{v : ||v - x0||_p <= eps} ∩ [lo, hi]`` for p = 1,
+    2 or inf by the C kernel, one sample at a time (the checks in its first pass, then the
+    L1 threshold search or the L2 Newton solve in cache, then the output): ``x0`` and ``z``
+    ``(N, n)``, ``eps`` ``(N,)``, one float dtype on the CPU, the bounds rounded to it.
+    ``max_iter`` caps the Newton steps. ``None`` where the kernel could not run."""
     library = _library()
     if library is None:
         return None
@@ -292,29 +319,76 @@ def l1_threshold(
     dtype = x0.dtype
     xf, zf = x0.detach().contiguous(), z.detach().contiguous()
     eps_flat = eps.detach().reshape(n).contiguous()
-    lam, h = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
+    out = torch.empty((n, m), dtype=dtype)
     flags = torch.empty(n, dtype=torch.int8)
-    fn = library.car_l1_threshold_f32 if dtype == torch.float32 else library.car_l1_threshold_f64
-
-    pointers = (a.data_ptr() for a in (lam, h, flags))
+    fn = library.car_project_f32 if dtype == torch.float32 else library.car_project_f64
+    norm = 0 if math.isinf(p) else int(p)
+    limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
+    settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, norm, max_iter, *limits)
     status = fn(
         xf.data_ptr(),
         zf.data_ptr(),
         eps_flat.data_ptr(),
         n,
         m,
-        lo,
-        hi,
-        max_iter,
-        *pointers,
+        *settings,
+        out.data_ptr(),
+        flags.data_ptr(),
         _threads(n, m),
     )
-    if status:  # out of memory for a two-row buffer
+    if status:  # out of memory for the row buffers
         return None
-    col = (n, 1)
-    return Threshold(
-        lam=lam.reshape(col),
-        h=h.reshape(col),
-        done=(flags & 1).bool().reshape(col),
-        inside=(flags & 2).bool().reshape(col),
+    found = int(np.bitwise_or.reduce(flags.numpy()))
+    left = None
+    if found & (CHECK_FAILED | LEFT):
+        left = torch.nonzero(flags & (CHECK_FAILED | LEFT))[:, 0]
+    return Projected(out=out, clean=not found & CHECK_FAILED, left=left)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinfScale:
+    """What :func:`linf_eta` found."""
+
+    eta: torch.Tensor
+    """``(N,)``; garbage where a check failed."""
+    clean: bool
+    """Every check passed (see :func:`checked_newton_power`)."""
+
+
+def linf_eta(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    lo: float,
+    hi: float,
+    checks: fused.CheckLimits,
+) -> LinfScale | None:
+    """The exact L-inf scale ``e / max{|delta_i| : r_i >= e}``, ``e = min(eps, max r)``
+    (:func:`~car_attacks.core.solvers.linf_eta`) by the C kernel, the checks in the same
+    pass: ``x`` and ``delta`` ``(N, n)``, ``eps`` ``(N,)``, one float dtype on the CPU, the
+    bounds rounded to it. ``None`` where the kernel could not run."""
+    library = _library()
+    if library is None:
+        return None
+    n, m = x.shape[0], x.shape[1]
+    xf, df = x.detach().contiguous(), delta.detach().contiguous()
+    eps_flat = eps.detach().reshape(n).contiguous()
+    eta = torch.empty(n, dtype=x.dtype)
+    flags = torch.empty(n, dtype=torch.int8)
+    fn = library.car_linf_eta_f32 if x.dtype == torch.float32 else library.car_linf_eta_f64
+    fn(
+        xf.data_ptr(),
+        df.data_ptr(),
+        eps_flat.data_ptr(),
+        n,
+        m,
+        lo,
+        hi,
+        checks.below,
+        checks.above,
+        eta.data_ptr(),
+        flags.data_ptr(),
+        _threads(n, m),
     )
+    return LinfScale(eta=eta, clean=not bool(flags.any()))

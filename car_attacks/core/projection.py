@@ -13,19 +13,27 @@ point is in the set, but it is not the closest one (and for L1 the common
   ``w = z - x0``, ``r_i`` the room to the box along ``w_i``, with ``lam >= 0`` chosen
   so that the L1 norm is ``eps`` (a continuous quadratic knapsack, solved exactly by
   Newton on the piecewise-linear norm in ``lam``, :mod:`~car_attacks.core.l1_threshold`).
+
+On CPU tensors each projection is one call of a C kernel (the public function's checks in
+its first pass; :func:`~car_attacks.core.native_newton.project`) wherever it builds, from
+the first call; the rows it leaves, other inputs and gradients take the general path.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
+import torch
 
-from . import fused_projection
-from .l1_threshold import EagerProblem, solve_threshold, with_gradient
+from . import fused_projection, native_newton
+from .fused import FLOAT32_RANGE, NO_CHECKS, CheckLimits, as_dtype_float
+from .l1_threshold import L1_NEWTON_MAX_ITER, EagerProblem, solve_threshold, with_gradient
 from .l1_threshold import l1_threshold as l1_threshold
 from .rescaling import needs_float64, solve_eta
+from .solvers import NEWTON_MAX_ITER
 from .tensors import (
     UNIT_BOUNDS,
     Bound,
@@ -37,10 +45,18 @@ from .tensors import (
     float64_bound,
     is_floating,
     lp_norms,
+    needs_grad,
     room_along,
     stop_gradient,
 )
-from .validation import as_tensors, check_arguments, parse_p
+from .validation import (
+    BOUNDS_TOLERANCE,
+    as_tensors,
+    check_arguments,
+    parse_p,
+    plain_eps,
+    plain_float_bounds,
+)
 
 PROJECTION_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
 
@@ -62,6 +78,15 @@ def project_lp_ball_box(
         extreme range are computed in float64, see
         :data:`~car_attacks.core.fused.FLOAT32_RANGE`).
     """
+    common = _common_projection(x0, z, eps, p, bounds)
+    if common is not None:
+        return common
+    return _project_checked(x0, z, eps, p, bounds)
+
+
+def _project_checked(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> Any:
+    """:func:`project_lp_ball_box` with its checks one by one (or fused, see
+    :func:`~car_attacks.core.validation.check_arguments`)."""
     (x0_, z_), restore = as_tensors(x0=x0, z=z)
     if parse_p(p) not in PROJECTION_NORMS:
         raise ValueError(f"p must be 1, 2 or inf for the exact projection, got p={p!r}")
@@ -74,6 +99,98 @@ def project_lp_ball_box(
         lo, hi = float64_bound(lo), float64_bound(hi)
     projected = project_unchecked(xc, zc, eps_, p=args.p, lo=lo, hi=hi)
     return restore(projected.astype(x0_.dtype if is_floating(x0_) else xc.dtype))
+
+
+def _common_projection(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> torch.Tensor | None:
+    """:func:`project_lp_ball_box` for the common call by the C kernel, the checks in its
+    first pass (:func:`~car_attacks.core.native_newton.project`): ``x0`` and ``z`` plain
+    PyTorch float32/float64 CPU tensors of one shape taking no gradient, p = 1, 2 or inf,
+    float bounds, ``eps`` a float or a tensor ``(N,)`` of ``x0``'s dtype. The rows the kernel
+    leaves (see :class:`~car_attacks.core.native_newton.Projected`) are projected by the
+    general path. ``None`` where the call is another one or a check fails (the general
+    path then raises, in its order)."""
+    if type(x0) is not torch.Tensor or type(z) is not torch.Tensor:
+        return None
+    p_ = parse_p(p)  # the first check of the general path too
+    if p_ not in PROJECTION_NORMS or x0.shape != z.shape:
+        return None
+    lo_hi = plain_float_bounds(bounds, x0.dtype)
+    if lo_hi is None or not native_newton.eligible(x0, z, *lo_hi):
+        return None
+    if x0.dtype == torch.float32 and lo_hi[1] - lo_hi[0] > FLOAT32_RANGE:
+        return None
+    if torch.is_grad_enabled() and (x0.requires_grad or z.requires_grad):
+        return None
+    eps_t = plain_eps(eps, x0)
+    if eps_t is None:
+        return None
+    lo, hi = lo_hi
+    tol = (hi - lo) * BOUNDS_TOLERANCE
+    checks = CheckLimits.of(x0, lo, hi, below=lo - tol, above=hi + tol)
+    n = x0.shape[0]
+    found = native_newton.project(
+        x0.reshape(n, -1),
+        z.reshape(n, -1),
+        eps_t,
+        p=p_,
+        lo=as_dtype_float(lo, x0),
+        hi=as_dtype_float(hi, x0),
+        max_iter=_max_iter(p_),
+        checks=checks,
+    )
+    if found is None or not found.clean:
+        return None
+    if found.left is not None:  # the general path, rows in float64 where they need it
+        rows = found.left
+        general = _project_checked(x0[rows], z[rows], eps_t[rows], p_, (lo, hi))
+        found.out[rows] = general.reshape(rows.shape[0], -1)
+    return found.out.reshape(x0.shape)
+
+
+def _max_iter(p: float) -> int:
+    """The Newton steps the C kernel takes at most: the L2 solve's, the L1 threshold's (none
+    for L-inf)."""
+    return NEWTON_MAX_ITER if p == 2 else L1_NEWTON_MAX_ITER
+
+
+def _project_native(
+    x0: ep.Tensor,
+    z: ep.Tensor,
+    eps: ep.Tensor,
+    p: float,
+    lo: Bound,
+    hi: Bound,
+    general: Callable[[ep.Tensor, ep.Tensor, ep.Tensor, Bound, Bound], ep.Tensor],
+) -> ep.Tensor | None:
+    """The projection for p = 1, 2 or inf by the C kernel (no checks), the rows it leaves by
+    ``general``; ``None`` where the kernel does not take the call (no CPU PyTorch
+    float32/float64 tensors, tensor bounds, a gradient needed, float32 bounds wider than
+    :data:`~car_attacks.core.fused.FLOAT32_RANGE`)."""
+    x_raw, z_raw = x0.raw, z.raw
+    if not native_newton.eligible(x_raw, z_raw, lo, hi) or needs_grad(x0, z, eps):
+        return None
+    assert isinstance(lo, float) and isinstance(hi, float)  # eligible checked
+    if x_raw.dtype == torch.float32 and hi - lo > FLOAT32_RANGE:
+        return None
+    n = x_raw.shape[0]
+    found = native_newton.project(
+        x_raw.reshape(n, -1),
+        z_raw.reshape(n, -1),
+        eps.raw,
+        p=p,
+        lo=as_dtype_float(lo, x_raw),
+        hi=as_dtype_float(hi, x_raw),
+        max_iter=_max_iter(p),
+        checks=NO_CHECKS,
+    )
+    if found is None:
+        return None
+    if found.left is not None:
+        rows = found.left
+        x_left, z_left, eps_left = (ep.astensor(t.raw[rows]) for t in (x0, z, eps))
+        projected = general(x_left, z_left, eps_left, lo, hi)
+        found.out[rows] = projected.raw.reshape(rows.shape[0], -1)
+    return ep.astensor(found.out.reshape(x_raw.shape))
 
 
 def project_unchecked(
@@ -107,6 +224,14 @@ def project_unchecked(
 
 def project_linf(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
     """``clip(z, max(lo, x0 - eps), min(hi, x0 + eps))``."""
+    native = _project_native(x0, z, eps, math.inf, lo, hi, _project_linf_general)
+    return _project_linf_general(x0, z, eps, lo, hi) if native is None else native
+
+
+def _project_linf_general(
+    x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound
+) -> ep.Tensor:
+    """:func:`project_linf` without the C kernel (differentiable)."""
     e = batch_view(eps, x0.ndim)
     return ep.minimum(ep.maximum(z, ep.maximum(x0 - e, lo)), ep.minimum(x0 + e, hi))
 
@@ -124,6 +249,24 @@ def project_l2(
 
     ``method`` is the solver of the CAR equation (:func:`~car_attacks.core.rescaling.solve_eta`).
     """
+    if method == "newton":
+        native = _project_native(x0, z, eps, 2.0, lo, hi, _project_l2_general)
+        if native is not None:
+            return native
+    return _project_l2_general(x0, z, eps, lo, hi, method=method)
+
+
+def _project_l2_general(
+    x0: ep.Tensor,
+    z: ep.Tensor,
+    eps: ep.Tensor,
+    lo: Bound,
+    hi: Bound,
+    *,
+    method: str = "newton",
+) -> ep.Tensor:
+    """:func:`project_l2` without the C kernel: the in-ball test and the output fused where
+    :func:`~car_attacks.core.fused_projection.fusable_projection`, ``eta`` by ``method``."""
     fast = fused_projection.fusable_projection(x0, z, eps, lo, hi)
     inside = fused_projection.l2_inside(x0, z, eps, lo, hi) if fast else None
     clipped = clip_to_bounds(z, lo, hi) if inside is None else None
@@ -144,6 +287,17 @@ def project_l2(
 
 def project_l1(x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound) -> ep.Tensor:
     """Box-aware soft threshold ``x0 + sign(w) min((|w| - lam)_+, r)`` with L1 norm ``eps``."""
+    native = _project_native(x0, z, eps, 1.0, lo, hi, _project_l1_general)
+    if native is not None:
+        return native
+    return _project_l1_general(x0, z, eps, lo, hi)
+
+
+def _project_l1_general(
+    x0: ep.Tensor, z: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound
+) -> ep.Tensor:
+    """:func:`project_l1` without the C kernel: fused passes where
+    :func:`~car_attacks.core.fused_projection.fusable_projection`, else eager (differentiable)."""
     if fused_projection.fusable_projection(x0, z, eps, lo, hi):
         return fused_projection.project_l1_fused(x0, z, eps, lo, hi)
     direction = z - x0

@@ -78,6 +78,8 @@ from .validation import (
     check_arguments,
     check_batch,
     parse_p,
+    plain_eps,
+    plain_float_bounds,
 )
 
 Method = Literal["newton", "sort", "bisection", "naive"]
@@ -183,15 +185,15 @@ def _common_call(
     p_ = parse_p(p)  # the first check of the general path too
     if p_ not in (1.0, 2.0, math.inf) or x.shape != delta.shape:
         return None
-    lo_hi = _float_bounds(bounds, x.dtype)
+    lo_hi = plain_float_bounds(bounds, x.dtype)
     if lo_hi is None:
         return None
-    native = p_ != math.inf and native_newton.eligible(x, delta, *lo_hi)
+    native = native_newton.eligible(x, delta, *lo_hi)
     if not native and not (fused.eligible(x, delta, *lo_hi) and fused.compile_enabled()):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or delta.requires_grad):
         return None
-    eps_t = _per_sample_eps(eps, x)
+    eps_t = plain_eps(eps, x)
     if eps_t is None:
         return None
     lo, hi = lo_hi
@@ -230,12 +232,16 @@ def _native_call(
     hi: float,
     tol: float,
 ) -> torch.Tensor | None:
-    """``eta`` ``(N,)`` of :func:`_common_call` for p = 1 or 2 by the C Newton kernel, the
-    input checks in its first pass; ``None`` where a check fails (or the kernel could not
-    run)."""
+    """``eta`` ``(N,)`` of :func:`_common_call` by the C kernels (the Newton solve for p = 1
+    or 2, the closed form for p = inf), the input checks in their first pass; ``None``
+    where a check fails (or the kernel could not run)."""
     n = x.shape[0]
     lo_, hi_ = fused.as_dtype_float(lo, x), fused.as_dtype_float(hi, x)
     checks = fused.CheckLimits.of(x, lo, hi, below=lo - tol, above=hi + tol)
+    if p == math.inf:
+        flat = (x.reshape(n, -1), delta.reshape(n, -1))
+        scale = native_newton.linf_eta(*flat, eps, lo=lo_, hi=hi_, checks=checks)
+        return None if scale is None or not scale.clean else scale.eta
     checked = native_newton.checked_newton_power(
         x.reshape(n, -1),
         delta.reshape(n, -1),
@@ -288,43 +294,6 @@ def _needs_float64(args: CheckedArguments) -> bool:
         return args.stats.wide
     span = None if args.stats is None else args.stats.span
     return needs_float64(args.other, args.eps, args.lo, args.hi, span=span)
-
-
-def _float_bounds(bounds: Any, dtype: torch.dtype) -> tuple[float, float] | None:
-    """``bounds`` as floats where they are a pair of Python numbers that
-    :func:`~car_attacks.core.validation.as_bounds` accepts for ``dtype``, else ``None``."""
-    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
-        return None
-    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
-        return None
-    try:
-        lo, hi = float(bounds[0]), float(bounds[1])
-    except OverflowError:
-        return None
-    largest = torch.finfo(dtype).max
-    if not (-largest <= lo < hi <= largest and hi - lo <= largest):
-        return None
-    return lo, hi
-
-
-def _per_sample_eps(eps: Any, like: torch.Tensor) -> torch.Tensor | None:
-    """``eps`` as :func:`~car_attacks.core.validation.as_eps` gives it where it is a float
-    it accepts for ``like`` (filled to ``(N,)``) or a tensor ``(N,)`` of ``like``'s dtype and
-    device taking no gradient (its values are checked in the fused pass), else ``None``."""
-    n = like.shape[0]
-    if type(eps) is float or type(eps) is int:
-        try:
-            value = float(eps)
-        except OverflowError:
-            return None
-        if not 0 <= value <= torch.finfo(like.dtype).max:  # NaN fails too
-            return None
-        return torch.full((n,), value, dtype=like.dtype, device=like.device)
-    if type(eps) is not torch.Tensor or tuple(eps.shape) != (n,):
-        return None
-    if eps.dtype != like.dtype or eps.device != like.device:
-        return None
-    return None if eps.requires_grad and torch.is_grad_enabled() else eps
 
 
 def reachable_norm(x: Any, delta: Any, *, p: float | str = 2, bounds: Any = UNIT_BOUNDS) -> Any:

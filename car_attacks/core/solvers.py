@@ -363,13 +363,20 @@ def naive_eta(problem: RescalingProblem) -> ep.Tensor:
 
 def linf_eta(problem: RescalingProblem) -> ep.Tensor:
     """Exact L-inf scale: ``eta = e / max{|delta_i| : r_i >= e}``, ``e = min(eps, reachable)``
-    (fused passes where :func:`~car_attacks.core.fused.fusable` and no gradient is taken)."""
+    (the C kernel, :func:`~car_attacks.core.native_newton.linf_eta`, or fused passes where
+    :func:`~car_attacks.core.fused.fusable`, where no gradient is taken)."""
     bounds = _fusable_bounds(problem)
     if bounds is not None and not needs_grad(
         problem.x, problem.delta, problem.eps, problem.lo, problem.hi
     ):
         x, delta, eps = problem.x.raw, problem.delta.raw, problem.eps.raw
         first = problem.first if isinstance(problem.first, fused.LinfPass) else None
+        if first is None and native_newton.eligible(x, delta, *bounds):
+            n, (lo, hi) = x.shape[0], (fused.as_dtype_float(b, x) for b in bounds)
+            flat = (x.reshape(n, -1), delta.reshape(n, -1))
+            found = native_newton.linf_eta(*flat, eps, lo=lo, hi=hi, checks=fused.NO_CHECKS)
+            if found is not None:
+                return ep.astensor(found.eta)
         eta = fused.linf_eta_fused(x, delta, eps, lo=bounds[0], hi=bounds[1], first=first)
         return ep.astensor(eta)
     room = problem.room()

@@ -138,6 +138,43 @@ def _per_sample_tensor(eps: Any, like: ep.PyTorchTensor) -> ep.Tensor | None:
     return ep.astensor(raw) if matches and tuple(raw.shape) == (like.shape[0],) else None
 
 
+def plain_float_bounds(bounds: Any, dtype: torch.dtype) -> tuple[float, float] | None:
+    """``bounds`` as floats where they are a pair of Python numbers that :func:`as_bounds`
+    accepts for ``dtype``, else ``None`` (the fast paths of the public functions)."""
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        return None
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        return None
+    try:
+        lo, hi = float(bounds[0]), float(bounds[1])
+    except OverflowError:
+        return None
+    largest = torch.finfo(dtype).max
+    if not (-largest <= lo < hi <= largest and hi - lo <= largest):
+        return None
+    return lo, hi
+
+
+def plain_eps(eps: Any, like: torch.Tensor) -> torch.Tensor | None:
+    """``eps`` as :func:`as_eps` gives it where it is a float
+    it accepts for ``like`` (filled to ``(N,)``) or a tensor ``(N,)`` of ``like``'s dtype and
+    device taking no gradient (its values are checked in the fused pass), else ``None``."""
+    n = like.shape[0]
+    if type(eps) is float or type(eps) is int:
+        try:
+            value = float(eps)
+        except OverflowError:
+            return None
+        if not 0 <= value <= torch.finfo(like.dtype).max:  # NaN fails too
+            return None
+        return torch.full((n,), value, dtype=like.dtype, device=like.device)
+    if type(eps) is not torch.Tensor or tuple(eps.shape) != (n,):
+        return None
+    if eps.dtype != like.dtype or eps.device != like.device:
+        return None
+    return None if eps.requires_grad and torch.is_grad_enabled() else eps
+
+
 def parse_p(p: Any) -> float:
     """The norm order as a float in ``[1, inf]``; accepts ``"inf"`` and ``math.inf``."""
     if isinstance(p, str):

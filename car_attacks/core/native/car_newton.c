@@ -22,6 +22,7 @@
  * code is written once per dtype T and power (SQ: p = 2) by the macros below; SQ is a
  * constant in each specialisation, so the loops have no branch.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -95,121 +96,150 @@ static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int t
     g += (double)(moved < rp ? moved : rp);                                                \
     slope += active ? (double)dp : 0.0;
 
-#define CAR_NEWTON_ROWS(T, SQ, NAME)                                                       \
-    static int NAME(const T *x, const T *d, const T *eps_in, int64_t n_rows,              \
+/* What the Newton solve of one row found (see car_newton_row below). */
+#define CAR_ROW_RESULT(T)                                                                  \
+    typedef struct {                                                                       \
+        T t, s, target, d_scale;                                                           \
+        int reachable, count, done, flags;                                                 \
+    } car_row_##T;
+
+CAR_ROW_RESULT(float)
+CAR_ROW_RESULT(double)
+
+/* The Newton solve of one row (x, d) of n_cols values with target eps: the pass at
+ * t = 0 with the checks (flags bit 0: a check failed, bit 1: needs float64), the powers
+ * written to dpr and rpr (n_cols each), then the iterations over them. */
+#define CAR_NEWTON_ROW(T, SQ, NAME)                                                        \
+    static inline car_row_##T NAME(const T *xr, const T *dr, T eps, int64_t n_cols, T lo,  \
+                                   T hi, T next_step, int max_iter, T below, T above,      \
+                                   T span_factor, T tiny_eps, T *dpr, T *rpr) {            \
+        double slope0 = 0.0, reach = 0.0;                                                  \
+        T largest = 0, smallest = (T)INFINITY;                                             \
+        int bad = 0;                                                                       \
+        _Pragma("omp simd reduction(+ : slope0, reach, bad) reduction(max : largest) reduction(min : smallest)") \
+        for (int64_t i = 0; i < n_cols; ++i) {                                             \
+            T a = dr[i] < 0 ? -dr[i] : dr[i];                                              \
+            /* the checks: x finite in [below, above], delta finite */                     \
+            bad += !(xr[i] >= below && xr[i] <= above) || !(dr[i] - dr[i] == 0);           \
+            smallest = a > 0 && a < smallest ? a : smallest;                               \
+            T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                                 \
+            room = room > 0 ? room : (T)0;                                                 \
+            room = a > 0 ? room : (T)0;                                                    \
+            double a64 = a, r64 = room;                                                    \
+            double dp = (SQ) ? a64 * a64 : a64;                                            \
+            double rp = (SQ) ? r64 * r64 : r64;                                            \
+            slope0 += rp > 0 ? dp : 0.0;                                                   \
+            reach += rp;                                                                   \
+            largest = a > largest ? a : largest;                                           \
+        }                                                                                  \
+        /* eps: the row's target */                                                        \
+        bad += !(eps >= 0 && eps - eps == 0); /* eps finite and >= 0 */                    \
+        int wide = (eps > 0 && eps < tiny_eps) || smallest < largest * span_factor;        \
+        int flags = (bad > 0) | (wide << 1);                                               \
+        T d_scale = 1;                                                                     \
+        int reachable;                                                                     \
+        T target;                                                                          \
+        if (SQ) {                                                                          \
+            d_scale = largest > 0 ? largest : (T)1;                                        \
+            double ds = d_scale;                                                           \
+            slope0 = slope0 / (ds * ds);                                                   \
+            reachable = eps * eps <= (T)reach;                                             \
+            T e = reachable ? eps : (T)0;                                                  \
+            target = e * e;                                                                \
+        } else {                                                                           \
+            reachable = eps <= (T)reach;                                                   \
+            target = reachable ? eps : (T)0;                                               \
+        }                                                                                  \
+        _Pragma("omp simd")                                                                \
+        for (int64_t i = 0; i < n_cols; ++i) {                                             \
+            T a = dr[i] < 0 ? -dr[i] : dr[i];                                              \
+            T dp = a;                                                                      \
+            if (SQ) {                                                                      \
+                T q = a / d_scale;                                                         \
+                dp = q * q;                                                                \
+            }                                                                              \
+            T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                                 \
+            room = room > 0 ? room : (T)0;                                                 \
+            dpr[i] = dp;                                                                   \
+            rpr[i] = dp > 0 ? ((SQ) ? room * room : room) : (T)0;                          \
+        }                                                                                  \
+        T s = (T)slope0;                                                                   \
+        T step = target / (s > 0 ? s : (T)1);                                              \
+        step = step > 0 ? step : (T)0;                                                     \
+        T t = step, previous = s;                                                          \
+        int near = step <= next_step * step;                                               \
+        int done = 0, count = 1;                                                           \
+        while (!done && count < max_iter) {                                                \
+            double g = 0.0, slope = 0.0;                                                   \
+            T nearest = (T)INFINITY;                                                       \
+            if (near) { /* the next breakpoint matters only near the root */               \
+                _Pragma("omp simd reduction(+ : g, slope) reduction(min : nearest)")       \
+                for (int64_t i = 0; i < n_cols; ++i) {                                     \
+                    CAR_PASS_ELEMENT(T)                                                    \
+                    T ratio = rp / dp; /* every lane, then a blend */                      \
+                    ratio = active ? ratio : (T)INFINITY;                                  \
+                    nearest = ratio < nearest ? ratio : nearest;                           \
+                }                                                                          \
+            } else {                                                                       \
+                _Pragma("omp simd reduction(+ : g, slope)")                                \
+                for (int64_t i = 0; i < n_cols; ++i) {                                     \
+                    CAR_PASS_ELEMENT(T)                                                    \
+                }                                                                          \
+            }                                                                              \
+            T gt = (T)g, st = (T)slope;                                                    \
+            count += 1;                                                                    \
+            s = st;                                                                        \
+            int repeated = st == previous;                                                 \
+            step = (target - gt) / (st > 0 ? st : (T)1);                                   \
+            step = step > 0 ? step : (T)0;                                                 \
+            T next = repeated ? t : t + step;                                              \
+            int landed = near && next <= nearest; /* before the next breakpoint */         \
+            done = repeated || landed;                                                     \
+            near = near || step <= next_step * next;                                       \
+            t = next;                                                                      \
+            previous = st;                                                                 \
+        }                                                                                  \
+        car_row_##T result = {t, s, target, d_scale, reachable, count, done, flags};       \
+        return result;                                                                     \
+    }
+
+CAR_NEWTON_ROW(float, 0, newton_row_f32_p1)
+CAR_NEWTON_ROW(float, 1, newton_row_f32_p2)
+CAR_NEWTON_ROW(double, 0, newton_row_f64_p1)
+CAR_NEWTON_ROW(double, 1, newton_row_f64_p2)
+
+/* The rows of one block: each solved alone, its powers in a buffer of two rows. */
+#define CAR_NEWTON_ROWS(T, ROW, NAME)                                                      \
+    static int NAME(const T *x, const T *d, const T *eps_in, int64_t n_rows,               \
                      int64_t n_cols, T lo, T hi, T next_step, int max_iter, T below,       \
                      T above, T span_factor, T tiny_eps, T *t_out, T *s_out,               \
                      T *target_out, int8_t *reach_out, T *scale_out, int32_t *count_out,   \
                      int8_t *done_out, int8_t *flags_out) {                                \
-        /* the row's powers, written once after the first pass (in the cache) */          \
+        /* the row's powers, written once after the first pass (in the cache) */           \
         T *dpr = (T *)malloc(2 * (size_t)n_cols * sizeof(T));                              \
         if (dpr == NULL) return 1;                                                         \
         T *rpr = dpr + n_cols;                                                             \
         for (int64_t r = 0; r < n_rows; ++r) {                                             \
-            const T *xr = x + r * n_cols;                                                  \
-            const T *dr = d + r * n_cols;                                                  \
-            double slope0 = 0.0, reach = 0.0;                                              \
-            T largest = 0, smallest = (T)INFINITY;                                         \
-            int bad = 0;                                                                   \
-            _Pragma("omp simd reduction(+ : slope0, reach, bad) reduction(max : largest) reduction(min : smallest)") \
-            for (int64_t i = 0; i < n_cols; ++i) {                                         \
-                T a = dr[i] < 0 ? -dr[i] : dr[i];                                          \
-                /* the checks: x finite in [below, above], delta finite */                 \
-                bad += !(xr[i] >= below && xr[i] <= above) || !(dr[i] - dr[i] == 0);       \
-                smallest = a > 0 && a < smallest ? a : smallest;                           \
-                T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                             \
-                room = room > 0 ? room : (T)0;                                             \
-                room = a > 0 ? room : (T)0;                                                \
-                double a64 = a, r64 = room;                                                \
-                double dp = (SQ) ? a64 * a64 : a64;                                        \
-                double rp = (SQ) ? r64 * r64 : r64;                                        \
-                slope0 += rp > 0 ? dp : 0.0;                                               \
-                reach += rp;                                                               \
-                largest = a > largest ? a : largest;                                       \
-            }                                                                              \
-            T eps = eps_in[r];                                                             \
-            bad += !(eps >= 0 && eps - eps == 0); /* eps finite and >= 0 */                \
-            int wide = (eps > 0 && eps < tiny_eps) || smallest < largest * span_factor;    \
-            flags_out[r] = (int8_t)((bad > 0) | (wide << 1));                              \
-            T d_scale = 1;                                                                 \
-            int reachable;                                                                 \
-            T target;                                                                      \
-            if (SQ) {                                                                      \
-                d_scale = largest > 0 ? largest : (T)1;                                    \
-                double ds = d_scale;                                                       \
-                slope0 = slope0 / (ds * ds);                                               \
-                reachable = eps * eps <= (T)reach;                                         \
-                T e = reachable ? eps : (T)0;                                              \
-                target = e * e;                                                            \
-            } else {                                                                       \
-                reachable = eps <= (T)reach;                                               \
-                target = reachable ? eps : (T)0;                                           \
-            }                                                                              \
-            _Pragma("omp simd")                                                           \
-            for (int64_t i = 0; i < n_cols; ++i) {                                         \
-                T a = dr[i] < 0 ? -dr[i] : dr[i];                                          \
-                T dp = a;                                                                  \
-                if (SQ) {                                                                  \
-                    T q = a / d_scale;                                                     \
-                    dp = q * q;                                                            \
-                }                                                                          \
-                T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                             \
-                room = room > 0 ? room : (T)0;                                             \
-                dpr[i] = dp;                                                               \
-                rpr[i] = dp > 0 ? ((SQ) ? room * room : room) : (T)0;                      \
-            }                                                                              \
-            T s = (T)slope0;                                                               \
-            T step = target / (s > 0 ? s : (T)1);                                          \
-            step = step > 0 ? step : (T)0;                                                 \
-            T t = step, previous = s;                                                      \
-            int near = step <= next_step * step;                                           \
-            int done = 0, count = 1;                                                       \
-            while (!done && count < max_iter) {                                            \
-                double g = 0.0, slope = 0.0;                                               \
-                T nearest = (T)INFINITY;                                                   \
-                if (near) { /* the next breakpoint matters only near the root */           \
-                    _Pragma("omp simd reduction(+ : g, slope) reduction(min : nearest)")  \
-                    for (int64_t i = 0; i < n_cols; ++i) {                                 \
-                        CAR_PASS_ELEMENT(T)                                                  \
-                        T ratio = rp / dp; /* every lane, then a blend */                  \
-                        ratio = active ? ratio : (T)INFINITY;                              \
-                        nearest = ratio < nearest ? ratio : nearest;                       \
-                    }                                                                      \
-                } else {                                                                   \
-                    _Pragma("omp simd reduction(+ : g, slope)")                           \
-                    for (int64_t i = 0; i < n_cols; ++i) {                                 \
-                        CAR_PASS_ELEMENT(T)                                                  \
-                    }                                                                      \
-                }                                                                          \
-                T gt = (T)g, st = (T)slope;                                                \
-                count += 1;                                                                \
-                s = st;                                                                    \
-                int repeated = st == previous;                                             \
-                step = (target - gt) / (st > 0 ? st : (T)1);                               \
-                step = step > 0 ? step : (T)0;                                             \
-                T next = repeated ? t : t + step;                                          \
-                int landed = near && next <= nearest; /* before the next breakpoint */     \
-                done = repeated || landed;                                                 \
-                near = near || step <= next_step * next;                                   \
-                t = next;                                                                  \
-                previous = st;                                                             \
-            }                                                                              \
-            t_out[r] = t;                                                                  \
-            s_out[r] = s;                                                                  \
-            target_out[r] = target;                                                        \
-            reach_out[r] = (int8_t)reachable;                                              \
-            scale_out[r] = d_scale;                                                        \
-            count_out[r] = count;                                                          \
-            done_out[r] = (int8_t)done;                                                    \
+            car_row_##T row = ROW(x + r * n_cols, d + r * n_cols, eps_in[r], n_cols, lo,   \
+                                  hi, next_step, max_iter, below, above, span_factor,      \
+                                  tiny_eps, dpr, rpr);                                     \
+            t_out[r] = row.t;                                                              \
+            s_out[r] = row.s;                                                              \
+            target_out[r] = row.target;                                                    \
+            reach_out[r] = (int8_t)row.reachable;                                          \
+            scale_out[r] = row.d_scale;                                                    \
+            count_out[r] = row.count;                                                      \
+            done_out[r] = (int8_t)row.done;                                                \
+            flags_out[r] = (int8_t)row.flags;                                              \
         }                                                                                  \
         free(dpr);                                                                         \
         return 0;                                                                          \
     }
 
-CAR_NEWTON_ROWS(float, 0, rows_f32_p1)
-CAR_NEWTON_ROWS(float, 1, rows_f32_p2)
-CAR_NEWTON_ROWS(double, 0, rows_f64_p1)
-CAR_NEWTON_ROWS(double, 1, rows_f64_p2)
+CAR_NEWTON_ROWS(float, newton_row_f32_p1, rows_f32_p1)
+CAR_NEWTON_ROWS(float, newton_row_f32_p2, rows_f32_p2)
+CAR_NEWTON_ROWS(double, newton_row_f64_p1, rows_f64_p1)
+CAR_NEWTON_ROWS(double, newton_row_f64_p2, rows_f64_p2)
 
 /* The entry points: p = 2 where square, else p = 1; rows on `threads` threads. */
 #define CAR_NEWTON(T, NAME, P1, P2)                                                        \
@@ -225,17 +255,17 @@ CAR_NEWTON_ROWS(double, 1, rows_f64_p2)
         int32_t *count_out;                                                                \
         int8_t *done_out, *flags_out;                                                      \
     } NAME##_args;                                                                         \
-    static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
+    static int NAME##_block(const void *args, int64_t first, int64_t last) {               \
         const NAME##_args *a = (const NAME##_args *)args;                                  \
         int64_t at = first * a->n_cols;                                                    \
         return (a->square ? P2 : P1)(                                                      \
-            a->x + at, a->d + at, a->eps + first, last - first, a->n_cols, a->lo, a->hi,  \
+            a->x + at, a->d + at, a->eps + first, last - first, a->n_cols, a->lo, a->hi,   \
             a->next_step, a->max_iter, a->below, a->above, a->span_factor, a->tiny_eps,    \
             a->t_out + first, a->s_out + first, a->target_out + first,                     \
             a->reach_out + first, a->scale_out + first, a->count_out + first,              \
             a->done_out + first, a->flags_out + first);                                    \
     }                                                                                      \
-    int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,  \
+    int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,   \
              T hi, T next_step, int square, int max_iter, T below, T above, T span_factor, \
              T tiny_eps, T *t_out, T *s_out, T *target_out, int8_t *reach_out,             \
              T *scale_out, int32_t *count_out, int8_t *done_out, int8_t *flags_out,        \
@@ -249,29 +279,109 @@ CAR_NEWTON_ROWS(double, 1, rows_f64_p2)
 CAR_NEWTON(float, car_newton_f32, rows_f32_p1, rows_f32_p2)
 CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
 
-/* The soft threshold of the L1-ball ∩ box projection, h(lam) = eps, one sample at a time
- * (car_attacks.core.l1_threshold: h(lam) = sum_i min((a_i - lam)_+, r_i), a = |z - x0|,
- * r the room along w = z - x0). The safeguarded Newton of l1_threshold.newton_step on
- * scalars: the bracket h(lo) > eps >= h(hi) with the counts #{a_i > lam} and
- * #{a_i - r_i > lam} at its ends, a Newton point outside it replaced by bisection, a flat
- * h above eps stepping to the next breakpoint, and exact once a Newton step crosses no
- * breakpoint (equal counts) or the bracket holds one segment. a and r are written to
- * a two-row buffer in the first pass; the passes after it read that buffer in cache.
- * Per row out: lam, h(lam) (summed in double), flags (bit 0: done, exact; bit 1: inside
- * the ball already, h(0) <= eps). Rows not done after max_iter steps are left to the
- * caller's sort. Returns 1 where the buffer could not be allocated, else 0. */
-#define CAR_L1_ROWS(T, NAME)                                                               \
-    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,             \
-                    int64_t n_cols,                                                        \
-             T lo, T hi, int max_iter, T *lam_out, T *h_out, int8_t *flags_out) {         \
+/* The projections' flags per row (bit values). */
+#define CAR_CHECK_FAILED 1 /* x0 outside [below, above] or not finite, z or eps not finite, eps < 0 */
+#define CAR_WIDE 2         /* the float32 solve needs float64 (L2) */
+#define CAR_INSIDE 4       /* clip(z) is in the ball: the projection is clip(z) */
+#define CAR_LEFT 8         /* not written: for the caller (see each kernel) */
+
+/* clip(v) to [lo, hi] as torch.clamp: min(max(v, lo), hi). */
+#define CAR_CLIP(v, lo, hi) ((v) > (lo) ? ((v) < (hi) ? (v) : (hi)) : ((lo) < (hi) ? (lo) : (hi)))
+
+/* The exact L2-ball ∩ box projection (car_attacks.core.projection.project_l2), one row
+ * at a time: w = z - x0 written to a buffer with ||clip(z) - x0||_2^2 (squares in double)
+ * and the checks in one pass; clip(z) where that is <= eps^2 (CAR_INSIDE), else
+ * clip(x0 + eta w) with eta = min(1, sqrt(t) / d_scale) from the Newton solve of w (the
+ * rescaling equation; the buffer and the powers stay in cache). Rows left to the caller
+ * (CAR_LEFT, output not written): the solve did not finish or its closed form does not
+ * apply (unreachable, no slope), the row needs float64 (CAR_WIDE), or, in double, the
+ * sum of squares may have under- or overflowed (it lies outside [2^-900, DBL_MAX] and
+ * some coordinate moved). Returns 1 where the buffer could not be allocated, else 0. */
+#define CAR_PROJECT_L2_ROWS(T, ROW, NAME)                                                  \
+    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,              \
+                    int64_t n_cols, T lo, T hi, T next_step, int max_iter, T below,        \
+                    T above, T span_factor, T tiny_eps, T *out, int8_t *flags_out) {       \
+        T *wr = (T *)malloc(3 * (size_t)n_cols * sizeof(T));                               \
+        if (wr == NULL) return 1;                                                          \
+        T *dpr = wr + n_cols, *rpr = dpr + n_cols;                                         \
+        for (int64_t r = 0; r < n_rows; ++r) {                                             \
+            const T *xr = x0 + r * n_cols, *zr = z + r * n_cols;                           \
+            T *outr = out + r * n_cols;                                                    \
+            double square = 0.0;                                                           \
+            int bad = 0, moved = 0;                                                        \
+            _Pragma("omp simd reduction(+ : square, bad, moved)")                          \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                wr[i] = zr[i] - xr[i];                                                     \
+                T c = CAR_CLIP(zr[i], lo, hi);                                             \
+                double v = (double)(c - xr[i]);                                            \
+                square += v * v;                                                           \
+                moved += v != 0;                                                           \
+                bad += !(xr[i] >= below && xr[i] <= above) || !(zr[i] - zr[i] == 0);       \
+            }                                                                              \
+            T eps = eps_in[r];                                                             \
+            bad += !(eps >= 0 && eps - eps == 0);                                          \
+            int flags = bad > 0 ? CAR_CHECK_FAILED : 0;                                    \
+            double e = eps;                                                                \
+            int doubtful = sizeof(T) > 4 && moved > 0 && !(square >= 0x1p-900 && square <= DBL_MAX); \
+            if (doubtful) {                                                                \
+                flags |= CAR_LEFT;                                                         \
+            } else if (square <= e * e) {                                                  \
+                flags |= CAR_INSIDE;                                                       \
+                _Pragma("omp simd")                                                        \
+                for (int64_t i = 0; i < n_cols; ++i) outr[i] = CAR_CLIP(zr[i], lo, hi);    \
+            } else {                                                                       \
+                car_row_##T row = ROW(xr, wr, eps, n_cols, lo, hi, next_step, max_iter,    \
+                                      below, above, span_factor, tiny_eps, dpr, rpr);      \
+                flags |= row.flags;                                                        \
+                int stuck = row.s <= 0 && row.target > 0;                                  \
+                int closed = row.done && row.reachable && !stuck && row.t < (T)INFINITY;   \
+                if (!closed || (row.flags & CAR_WIDE)) {                                   \
+                    flags |= CAR_LEFT;                                                     \
+                } else {                                                                   \
+                    T t = row.t > 0 ? row.t : (T)0;                                        \
+                    T eta = (t > 0 ? (T)sqrt((double)t) : (T)0) / row.d_scale;             \
+                    eta = eta < 1 ? eta : (T)1;                                            \
+                    _Pragma("omp simd")                                                    \
+                    for (int64_t i = 0; i < n_cols; ++i) {                                 \
+                        T v = xr[i] + eta * wr[i];                                         \
+                        outr[i] = CAR_CLIP(v, lo, hi);                                     \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+            flags_out[r] = (int8_t)flags;                                                  \
+        }                                                                                  \
+        free(wr);                                                                          \
+        return 0;                                                                          \
+    }
+
+CAR_PROJECT_L2_ROWS(float, newton_row_f32_p2, project_l2_rows_f32)
+CAR_PROJECT_L2_ROWS(double, newton_row_f64_p2, project_l2_rows_f64)
+
+/* The exact L1-ball ∩ box projection (car_attacks.core.projection.project_l1), one row at
+ * a time: the soft threshold x0 + sign(w) min((|w| - lam)_+, r) with
+ * h(lam) = sum_i min((a_i - lam)_+, r_i) = eps (a = |w|, w = z - x0, r the room along w),
+ * by the safeguarded Newton of car_attacks.core.l1_threshold.newton_step on scalars: the
+ * bracket h(lo) > eps >= h(hi) with the counts #{a_i > lam} and #{a_i - r_i > lam} at its
+ * ends, a Newton point outside it replaced by bisection, a flat h above eps stepping to
+ * the next breakpoint, and exact once a Newton step crosses no breakpoint (equal counts)
+ * or the bracket holds one segment. a and r are written to a two-row buffer in the first
+ * pass (with the checks); the passes after it read that buffer in cache. clip(z) where
+ * h(0) <= eps (CAR_INSIDE); a row whose rounded norm h(lam) exceeds eps is scaled by
+ * eps / h(lam). Rows not done after max_iter steps are left to the caller (CAR_LEFT,
+ * output not written). Returns 1 where the buffer could not be allocated, else 0. */
+#define CAR_PROJECT_L1_ROWS(T, NAME)                                                       \
+    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,              \
+                    int64_t n_cols, T lo, T hi, int max_iter, T below, T above, T *out,    \
+                    int8_t *flags_out) {                                                   \
         T *sizes = (T *)malloc(2 * (size_t)n_cols * sizeof(T));                            \
         if (sizes == NULL) return 1;                                                       \
         T *rooms = sizes + n_cols;                                                         \
         for (int64_t r = 0; r < n_rows; ++r) {                                             \
-            const T *xr = x0 + r * n_cols;                                                 \
-            const T *zr = z + r * n_cols;                                                  \
+            const T *xr = x0 + r * n_cols, *zr = z + r * n_cols;                           \
+            T *outr = out + r * n_cols;                                                    \
             T largest = 0;                                                                 \
-            _Pragma("omp simd reduction(max : largest)")                                  \
+            int bad = 0;                                                                   \
+            _Pragma("omp simd reduction(max : largest) reduction(+ : bad)")                \
             for (int64_t i = 0; i < n_cols; ++i) {                                         \
                 T w = zr[i] - xr[i];                                                       \
                 T a = w < 0 ? -w : w;                                                      \
@@ -280,15 +390,21 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
                 sizes[i] = a;                                                              \
                 rooms[i] = room;                                                           \
                 largest = a > largest ? a : largest;                                       \
+                bad += !(xr[i] >= below && xr[i] <= above) || !(zr[i] - zr[i] == 0);       \
             }                                                                              \
             T eps = eps_in[r];                                                             \
-            /* the state of l1_threshold.initial_state, at lam = 0 */                     \
+            bad += !(eps >= 0 && eps - eps == 0);                                          \
+            /* the state of l1_threshold.initial_state, at lam = 0 */                      \
             T lam = 0, b_lo = 0, b_hi = largest;                                           \
             int64_t lo_pos = 0, lo_sat = 0, hi_pos = 0, hi_sat = 0;                        \
             int64_t prev_pos = -1, prev_sat = -1;                                          \
             int was_newton = 0, st_done = -1, done = 0, inside = 0, steps = 0;             \
             T h = 0;                                                                       \
-            for (;;) {                                                                     \
+            if (eps == 0 && largest > 0) { /* h(lam) = 0 from lam = max a on */            \
+                lam = largest;                                                             \
+                done = 1;                                                                  \
+            }                                                                              \
+            while (!done) {                                                                \
                 double h_sum = 0.0;                                                        \
                 int64_t positive = 0, saturated = 0;                                       \
                 T following = (T)INFINITY;                                                 \
@@ -304,7 +420,7 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
                     int sat = start > lam;                                                 \
                     saturated += sat;                                                      \
                     T next = sat ? start : (T)INFINITY;                                    \
-                    following = next < following ? next : following;                      \
+                    following = next < following ? next : following;                       \
                 }                                                                          \
                 h = (T)h_sum;                                                              \
                 T active = (T)(positive - saturated);                                      \
@@ -318,9 +434,9 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
                 int exact = h == eps || (was_newton && same);                              \
                 done = st_done || exact;                                                   \
                 if (done || steps == max_iter) break;                                      \
-                int above = h > eps;                                                       \
-                int flat = active == 0 && above;                                           \
-                if (above) {                                                               \
+                int above_eps = h > eps;                                                   \
+                int flat = active == 0 && above_eps;                                       \
+                if (above_eps) {                                                           \
                     b_lo = lam;                                                            \
                     lo_pos = positive;                                                     \
                     lo_sat = saturated;                                                    \
@@ -349,39 +465,171 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
                 lam = next_lam;                                                            \
                 steps += 1;                                                                \
             }                                                                              \
-            lam_out[r] = lam;                                                              \
-            h_out[r] = h;                                                                  \
-            flags_out[r] = (int8_t)(done | (inside << 1));                                 \
+            int flags = bad > 0 ? CAR_CHECK_FAILED : 0;                                    \
+            if (inside) {                                                                  \
+                flags |= CAR_INSIDE;                                                       \
+                _Pragma("omp simd")                                                        \
+                for (int64_t i = 0; i < n_cols; ++i) outr[i] = CAR_CLIP(zr[i], lo, hi);    \
+            } else if (!done) {                                                            \
+                flags |= CAR_LEFT;                                                         \
+            } else {                                                                       \
+                /* the rows whose norm rounding pushed past eps are shrunk onto the ball */ \
+                T scale = h > eps ? eps / h : (T)1;                                        \
+                _Pragma("omp simd")                                                        \
+                for (int64_t i = 0; i < n_cols; ++i) {                                     \
+                    T w = zr[i] - xr[i];                                                   \
+                    T part = sizes[i] - lam;                                               \
+                    part = part > 0 ? part : (T)0;                                         \
+                    part = (part < rooms[i] ? part : rooms[i]) * scale;                    \
+                    T v = xr[i] + (w > 0 ? part : (w < 0 ? -part : (T)0));                 \
+                    outr[i] = CAR_CLIP(v, lo, hi);                                         \
+                }                                                                          \
+            }                                                                              \
+            flags_out[r] = (int8_t)flags;                                                  \
         }                                                                                  \
         free(sizes);                                                                       \
         return 0;                                                                          \
     }
 
-CAR_L1_ROWS(float, l1_rows_f32)
-CAR_L1_ROWS(double, l1_rows_f64)
+CAR_PROJECT_L1_ROWS(float, project_l1_rows_f32)
+CAR_PROJECT_L1_ROWS(double, project_l1_rows_f64)
 
-/* The entry points of the threshold search; rows on `threads` threads. */
-#define CAR_L1(T, NAME, ROWS)                                                              \
+/* The exact L-inf-ball ∩ box projection (car_attacks.core.projection.project_linf), one
+ * pass per row with the checks: clip(z, max(lo, x0 - eps), min(hi, x0 + eps)). */
+#define CAR_PROJECT_LINF_ROWS(T, NAME)                                                     \
+    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,             \
+                    int64_t n_cols, T lo, T hi, T below, T above, T *out,                  \
+                    int8_t *flags_out) {                                                   \
+        for (int64_t r = 0; r < n_rows; ++r) {                                             \
+            const T *xr = x0 + r * n_cols, *zr = z + r * n_cols;                           \
+            T *outr = out + r * n_cols;                                                    \
+            T eps = eps_in[r];                                                             \
+            int bad = !(eps >= 0 && eps - eps == 0);                                       \
+            _Pragma("omp simd reduction(+ : bad)")                                        \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                T low = xr[i] - eps, high = xr[i] + eps;                                   \
+                low = low > lo ? low : lo;                                                 \
+                high = high < hi ? high : hi;                                              \
+                T v = zr[i] > low ? zr[i] : low;                                           \
+                outr[i] = v < high ? v : high;                                             \
+                bad += !(xr[i] >= below && xr[i] <= above) || !(zr[i] - zr[i] == 0);       \
+            }                                                                              \
+            flags_out[r] = (int8_t)(bad > 0 ? CAR_CHECK_FAILED : 0);                       \
+        }                                                                                  \
+        return 0;                                                                          \
+    }
+
+CAR_PROJECT_LINF_ROWS(float, project_linf_rows_f32)
+CAR_PROJECT_LINF_ROWS(double, project_linf_rows_f64)
+
+/* The entry points of the projections: norm 1, 2, or 0 for inf; rows on `threads`
+ * threads; per row the output (where not left) and the flags above. */
+#define CAR_PROJECT(T, NAME, L1_ROWS, L2_ROWS, LINF_ROWS)                                  \
     typedef struct {                                                                       \
         const T *x0, *z, *eps;                                                             \
         int64_t n_cols;                                                                    \
-        T lo, hi;                                                                          \
-        int max_iter;                                                                      \
-        T *lam_out, *h_out;                                                                \
+        T lo, hi, next_step;                                                               \
+        int norm, max_iter;                                                                \
+        T below, above, span_factor, tiny_eps;                                             \
+        T *out;                                                                            \
         int8_t *flags_out;                                                                 \
     } NAME##_args;                                                                         \
     static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
         const NAME##_args *a = (const NAME##_args *)args;                                  \
         int64_t at = first * a->n_cols;                                                    \
-        return ROWS(a->x0 + at, a->z + at, a->eps + first, last - first, a->n_cols, a->lo, \
-                    a->hi, a->max_iter, a->lam_out + first, a->h_out + first,              \
-                    a->flags_out + first);                                                 \
+        if (a->norm == 2)                                                                  \
+            return L2_ROWS(a->x0 + at, a->z + at, a->eps + first, last - first,            \
+                           a->n_cols, a->lo, a->hi, a->next_step, a->max_iter, a->below,   \
+                           a->above, a->span_factor, a->tiny_eps, a->out + at,             \
+                           a->flags_out + first);                                          \
+        if (a->norm == 1)                                                                  \
+            return L1_ROWS(a->x0 + at, a->z + at, a->eps + first, last - first,            \
+                           a->n_cols, a->lo, a->hi, a->max_iter, a->below, a->above,       \
+                           a->out + at, a->flags_out + first);                             \
+        return LINF_ROWS(a->x0 + at, a->z + at, a->eps + first, last - first, a->n_cols,   \
+                         a->lo, a->hi, a->below, a->above, a->out + at,                    \
+                         a->flags_out + first);                                            \
     }                                                                                      \
     int NAME(const T *x0, const T *z, const T *eps, int64_t n_rows, int64_t n_cols, T lo, \
-             T hi, int max_iter, T *lam_out, T *h_out, int8_t *flags_out, int threads) {  \
-        NAME##_args a = {x0, z, eps, n_cols, lo, hi, max_iter, lam_out, h_out, flags_out}; \
+             T hi, T next_step, int norm, int max_iter, T below, T above, T span_factor,   \
+             T tiny_eps, T *out, int8_t *flags_out, int threads) {                         \
+        NAME##_args a = {x0, z, eps, n_cols, lo, hi, next_step, norm, max_iter, below,     \
+                         above, span_factor, tiny_eps, out, flags_out};                    \
         return car_parallel(NAME##_block, &a, n_rows, threads);                            \
     }
 
-CAR_L1(float, car_l1_threshold_f32, l1_rows_f32)
-CAR_L1(double, car_l1_threshold_f64, l1_rows_f64)
+CAR_PROJECT(float, car_project_f32, project_l1_rows_f32, project_l2_rows_f32,
+            project_linf_rows_f32)
+CAR_PROJECT(double, car_project_f64, project_l1_rows_f64, project_l2_rows_f64,
+            project_linf_rows_f64)
+
+/* The exact L-inf scale (car_attacks.core.solvers.linf_eta), one row at a time:
+ * eta = e / max{|d_i| : r_i >= e} with e = min(eps, max{r_i : d_i != 0}) (0 where no
+ * coordinate qualifies), r the room along d. One pass at e = eps (with the checks: flags
+ * bit 0 as in CAR_CHECK_FAILED, x outside [below, above] or not finite, d or eps not
+ * finite, eps < 0), a second over the row (in cache) where eps exceeds the reach. */
+#define CAR_LINF_ROWS(T, NAME)                                                             \
+    static int NAME(const T *x, const T *d, const T *eps_in, int64_t n_rows,              \
+                    int64_t n_cols, T lo, T hi, T below, T above, T *eta_out,              \
+                    int8_t *flags_out) {                                                   \
+        for (int64_t r = 0; r < n_rows; ++r) {                                             \
+            const T *xr = x + r * n_cols, *dr = d + r * n_cols;                            \
+            T eps = eps_in[r], reach = 0, fastest = 0;                                     \
+            int bad = 0;                                                                   \
+            _Pragma("omp simd reduction(max : reach, fastest) reduction(+ : bad)")        \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                T a = dr[i] < 0 ? -dr[i] : dr[i];                                          \
+                T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                             \
+                room = room > 0 ? room : (T)0;                                             \
+                T moving = dr[i] != 0 ? room : (T)0;                                       \
+                reach = moving > reach ? moving : reach;                                   \
+                T speed = room >= eps ? a : (T)0;                                          \
+                fastest = speed > fastest ? speed : fastest;                               \
+                bad += !(xr[i] >= below && xr[i] <= above) || !(dr[i] - dr[i] == 0);       \
+            }                                                                              \
+            bad += !(eps >= 0 && eps - eps == 0);                                          \
+            T target = eps;                                                                \
+            if (eps > reach) { /* saturates at the largest room */                         \
+                target = reach;                                                            \
+                fastest = 0;                                                               \
+                _Pragma("omp simd reduction(max : fastest)")                              \
+                for (int64_t i = 0; i < n_cols; ++i) {                                     \
+                    T a = dr[i] < 0 ? -dr[i] : dr[i];                                      \
+                    T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                         \
+                    room = room > 0 ? room : (T)0;                                         \
+                    T speed = room >= target ? a : (T)0;                                   \
+                    fastest = speed > fastest ? speed : fastest;                           \
+                }                                                                          \
+            }                                                                              \
+            eta_out[r] = fastest > 0 ? target / fastest : (T)0;                            \
+            flags_out[r] = (int8_t)(bad > 0 ? CAR_CHECK_FAILED : 0);                       \
+        }                                                                                  \
+        return 0;                                                                          \
+    }
+
+CAR_LINF_ROWS(float, linf_rows_f32)
+CAR_LINF_ROWS(double, linf_rows_f64)
+
+/* The entry points of the L-inf scale; rows on `threads` threads. */
+#define CAR_LINF(T, NAME, ROWS)                                                            \
+    typedef struct {                                                                       \
+        const T *x, *d, *eps;                                                              \
+        int64_t n_cols;                                                                    \
+        T lo, hi, below, above;                                                            \
+        T *eta_out;                                                                        \
+        int8_t *flags_out;                                                                 \
+    } NAME##_args;                                                                         \
+    static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
+        const NAME##_args *a = (const NAME##_args *)args;                                  \
+        int64_t at = first * a->n_cols;                                                    \
+        return ROWS(a->x + at, a->d + at, a->eps + first, last - first, a->n_cols, a->lo,  \
+                    a->hi, a->below, a->above, a->eta_out + first, a->flags_out + first);  \
+    }                                                                                      \
+    int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,  \
+             T hi, T below, T above, T *eta_out, int8_t *flags_out, int threads) {         \
+        NAME##_args a = {x, d, eps, n_cols, lo, hi, below, above, eta_out, flags_out};     \
+        return car_parallel(NAME##_block, &a, n_rows, threads);                            \
+    }
+
+CAR_LINF(float, car_linf_eta_f32, linf_rows_f32)
+CAR_LINF(double, car_linf_eta_f64, linf_rows_f64)
