@@ -230,3 +230,38 @@ def test_without_openmp_the_kernel_is_built_with_threads_of_its_own(monkeypatch,
     monkeypatch.setattr(native_newton, "FLAGS", ("-this-flag-does-not-exist",))
     built = native_newton._build()
     assert built.is_file() and native_newton._load(built).car_project_f32 is not None
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_closed_form_eta_is_the_solvers(native, p, dtype):
+    """The kernel's ``eta = t^(1/p) / d_scale`` is, bit for bit, what
+    :func:`~car_attacks.core.solvers.eta_from_newton` computes from the same run; a batch
+    with an unreachable sample (row 0) gets none (the general closed form serves it)."""
+    import dataclasses
+
+    import eagerpy as ep
+
+    from car_attacks.core.solvers import RescalingProblem, eta_from_newton
+
+    x, delta, eps = _problem(13, 6, -1.5, 2.25, p, dtype)
+    n = x.shape[0]
+    flat = (x.reshape(n, -1), delta.reshape(n, -1), eps.reshape(n, 1))
+    every = native_newton.newton_power(*flat, p=p, lo=-1.5, hi=2.25, max_iter=32)
+    assert every is not None and every.eta is None and not bool(every.reachable[0])
+    rest = native_newton.newton_power(*(t[1:] for t in flat), p=p, lo=-1.5, hi=2.25, max_iter=32)
+    assert rest is not None and rest.eta is not None
+    problem = RescalingProblem(
+        x=ep.astensor(x[1:]),
+        delta=ep.astensor(delta[1:]),
+        eps=ep.astensor(eps[1:]),
+        p=p,
+        lo=-1.5,
+        hi=2.25,
+    )
+    expected, _ = eta_from_newton(problem, dataclasses.replace(rest, eta=None))
+    assert torch.equal(rest.eta, expected.raw)
+    whole = dataclasses.replace(
+        problem, x=ep.astensor(x), delta=ep.astensor(delta), eps=ep.astensor(eps)
+    )
+    assert torch.equal(eta_from_newton(whole, every)[0].raw[1:], rest.eta)

@@ -48,6 +48,9 @@ class NewtonRun:
     reachable: torch.Tensor
     d_scale: torch.Tensor
     """``max |delta|`` per sample for p = 2 (1 where 0), ones for p = 1."""
+    eta: torch.Tensor | None = None
+    """``eta = t^(1/p) / d_scale`` ``(N,)`` where a kernel found that closed form to apply to
+    every sample (finished, reachable, a slope on the final segment), else ``None``."""
 
     @classmethod
     def from_rows(
@@ -60,9 +63,11 @@ class NewtonRun:
         d_scale: torch.Tensor,
         count: torch.Tensor,
         done: torch.Tensor,
+        eta: torch.Tensor | None = None,
     ) -> NewtonRun:
         """The run of a kernel that solved each sample alone and wrote ``(N,)`` arrays
-        (``reachable`` and ``done`` as integers); the summary read with one host sync."""
+        (``reachable`` and ``done`` as integers, ``eta`` where it applies to every sample);
+        the summary read with one host sync."""
         finished, iterations = torch.stack(
             [done.to(torch.int64).min(), count.to(torch.int64).max()]
         ).tolist()
@@ -75,6 +80,7 @@ class NewtonRun:
             target=target.reshape(col),
             reachable=reachable.reshape(col).bool(),
             d_scale=d_scale.reshape(col),
+            eta=eta,
         )
 
 

@@ -179,7 +179,7 @@ def _load(path: Path) -> ctypes.CDLL:
         rows = [pointer] * 3 + [i64, i64]  # x (or x0), delta (or z), eps; rows, columns
         settings = [scalar] * 3 + [i32, i32] + [scalar] * 4  # bounds, step, flags, checks
         signatures = {
-            "car_newton": rows + settings + [pointer] * 8 + [i32],
+            "car_newton": rows + settings + [pointer] * 9 + [i32],
             "car_project": rows + settings + [pointer] * 2 + [i32],
             "car_linf_eta": rows + [scalar] * 4 + [pointer] * 2 + [i32],
         }
@@ -247,13 +247,13 @@ def checked_newton_power(
     dtype = x.dtype
     xf, df = x.detach().contiguous(), delta.detach().contiguous()
     eps_flat = eps.detach().reshape(n).contiguous()
-    t, s, target, scale = (torch.empty(n, dtype=dtype) for _ in range(4))
+    t, s, target, scale, eta = (torch.empty(n, dtype=dtype) for _ in range(5))
     reach_ok, done, flags = (torch.empty(n, dtype=torch.int8) for _ in range(3))
     count = torch.empty(n, dtype=torch.int32)
     fn = library.car_newton_f32 if dtype == torch.float32 else library.car_newton_f64
     square = int(p == 2)
     limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
-    outputs = (t, s, target, reach_ok, scale, count, done, flags)
+    outputs = (t, s, target, reach_ok, scale, count, done, eta, flags)
 
     settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, square, max_iter, *limits)
     pointers = (a.data_ptr() for a in outputs)
@@ -269,17 +269,27 @@ def checked_newton_power(
     )
     if status:  # out of memory for a two-row buffer
         return None
-    found = int(np.bitwise_or.reduce(flags.numpy()))  # bit 0: a check failed; 1: wide
+    row_flags = flags.numpy()
+    found = int(np.bitwise_or.reduce(row_flags))
+    closed = bool(np.bitwise_and.reduce(row_flags) & CLOSED)
     run = NewtonRun.from_rows(
-        t=t, s=s, target=target, reachable=reach_ok, d_scale=scale, count=count, done=done
+        t=t,
+        s=s,
+        target=target,
+        reachable=reach_ok,
+        d_scale=scale,
+        count=count,
+        done=done,
+        eta=eta if closed else None,
     )
-    return CheckedRun(run=run, clean=not found & 1, wide=bool(found & 2))
+    return CheckedRun(run=run, clean=not found & CHECK_FAILED, wide=bool(found & WIDE))
 
 
-CHECK_FAILED, WIDE, INSIDE, LEFT = 1, 2, 4, 8
-"""The projection kernels' flags per row (as in ``native/car_newton.c``): a check failed,
-the float32 solve needs float64 (L2), ``clip(z)`` is in the ball, the row is left to the
-caller (its output not written)."""
+CHECK_FAILED, WIDE, INSIDE, LEFT, CLOSED = 1, 2, 4, 8, 16
+"""The kernels' flags per row (as in ``native/car_newton.c``): a check failed, the float32
+solve needs float64, ``clip(z)`` is in the ball (projections), the row is left to the
+caller (projections: its output not written), the closed form ``eta`` of the finished
+Newton solve applies (Newton)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -169,10 +169,13 @@ def eta_from_newton(
 ) -> tuple[ep.Tensor, SolveInfo]:
     """``eta`` ``(N,)`` and the info of a finished fused Newton ``run`` on ``problem``
     (recomputed on the final segment from the inputs where a gradient may be taken)."""
-    t = ep.astensor(run.t)
     info = SolveInfo(method="newton", iterations=run.iterations)
+    grad = needs_grad(problem.x, problem.delta, problem.eps, problem.lo, problem.hi)
+    if run.eta is not None and not grad:  # the kernel's closed form, for every sample
+        return ep.astensor(run.eta), info
+    t = ep.astensor(run.t)
     reachable = ep.astensor(run.reachable)
-    if needs_grad(problem.x, problem.delta, problem.eps, problem.lo, problem.hi):
+    if grad:
         eta = _PowerProblem.build(problem, reachable=reachable).eta_from_saturation(t)
     else:
         eta = _eta_from_t(

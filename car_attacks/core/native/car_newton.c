@@ -96,10 +96,12 @@ static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int t
     g += (double)(moved < rp ? moved : rp);                                                \
     slope += active ? (double)dp : 0.0;
 
+#define CAR_CLOSED 16 /* a Newton row's flag: eta is the closed form of the finished solve */
+
 /* What the Newton solve of one row found (see car_newton_row below). */
 #define CAR_ROW_RESULT(T)                                                                  \
     typedef struct {                                                                       \
-        T t, s, target, d_scale;                                                           \
+        T t, s, target, d_scale, eta;                                                      \
         int reachable, count, done, flags;                                                 \
     } car_row_##T;
 
@@ -199,7 +201,16 @@ CAR_ROW_RESULT(double)
             t = next;                                                                      \
             previous = st;                                                                 \
         }                                                                                  \
-        car_row_##T result = {t, s, target, d_scale, reachable, count, done, flags};       \
+        /* the closed form eta = t^(1/p) / d_scale (solvers._eta_from_t) where it applies: \
+         * finished, reachable, a slope on the final segment, t finite */                  \
+        int stuck = s <= 0 && target > 0;                                                  \
+        T eta = 0;                                                                         \
+        if (done && reachable && !stuck && t < (T)INFINITY) {                              \
+            T root = t > 0 ? ((SQ) ? (T)sqrt((double)t) : t) : (T)0;                       \
+            eta = root / d_scale;                                                          \
+            flags |= CAR_CLOSED;                                                           \
+        }                                                                                  \
+        car_row_##T result = {t, s, target, d_scale, eta, reachable, count, done, flags};  \
         return result;                                                                     \
     }
 
@@ -214,7 +225,7 @@ CAR_NEWTON_ROW(double, 1, newton_row_f64_p2)
                      int64_t n_cols, T lo, T hi, T next_step, int max_iter, T below,       \
                      T above, T span_factor, T tiny_eps, T *t_out, T *s_out,               \
                      T *target_out, int8_t *reach_out, T *scale_out, int32_t *count_out,   \
-                     int8_t *done_out, int8_t *flags_out) {                                \
+                     int8_t *done_out, T *eta_out, int8_t *flags_out) {                    \
         /* the row's powers, written once after the first pass (in the cache) */           \
         T *dpr = (T *)malloc(2 * (size_t)n_cols * sizeof(T));                              \
         if (dpr == NULL) return 1;                                                         \
@@ -230,6 +241,7 @@ CAR_NEWTON_ROW(double, 1, newton_row_f64_p2)
             scale_out[r] = row.d_scale;                                                    \
             count_out[r] = row.count;                                                      \
             done_out[r] = (int8_t)row.done;                                                \
+            eta_out[r] = row.eta;                                                          \
             flags_out[r] = (int8_t)row.flags;                                              \
         }                                                                                  \
         free(dpr);                                                                         \
@@ -253,7 +265,9 @@ CAR_NEWTON_ROWS(double, newton_row_f64_p2, rows_f64_p2)
         int8_t *reach_out;                                                                 \
         T *scale_out;                                                                      \
         int32_t *count_out;                                                                \
-        int8_t *done_out, *flags_out;                                                      \
+        int8_t *done_out;                                                                  \
+        T *eta_out;                                                                        \
+        int8_t *flags_out;                                                                 \
     } NAME##_args;                                                                         \
     static int NAME##_block(const void *args, int64_t first, int64_t last) {               \
         const NAME##_args *a = (const NAME##_args *)args;                                  \
@@ -263,16 +277,16 @@ CAR_NEWTON_ROWS(double, newton_row_f64_p2, rows_f64_p2)
             a->next_step, a->max_iter, a->below, a->above, a->span_factor, a->tiny_eps,    \
             a->t_out + first, a->s_out + first, a->target_out + first,                     \
             a->reach_out + first, a->scale_out + first, a->count_out + first,              \
-            a->done_out + first, a->flags_out + first);                                    \
+            a->done_out + first, a->eta_out + first, a->flags_out + first);                \
     }                                                                                      \
     int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,   \
              T hi, T next_step, int square, int max_iter, T below, T above, T span_factor, \
              T tiny_eps, T *t_out, T *s_out, T *target_out, int8_t *reach_out,             \
-             T *scale_out, int32_t *count_out, int8_t *done_out, int8_t *flags_out,        \
-             int threads) {                                                                \
+             T *scale_out, int32_t *count_out, int8_t *done_out, T *eta_out,               \
+             int8_t *flags_out, int threads) {                                             \
         NAME##_args a = {x, d, eps, n_cols, lo, hi, next_step, square, max_iter, below,    \
                          above, span_factor, tiny_eps, t_out, s_out, target_out,           \
-                         reach_out, scale_out, count_out, done_out, flags_out};            \
+                         reach_out, scale_out, count_out, done_out, eta_out, flags_out};   \
         return car_parallel(NAME##_block, &a, n_rows, threads);                            \
     }
 
@@ -332,15 +346,11 @@ CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
             } else {                                                                       \
                 car_row_##T row = ROW(xr, wr, eps, n_cols, lo, hi, next_step, max_iter,    \
                                       below, above, span_factor, tiny_eps, dpr, rpr);      \
-                flags |= row.flags;                                                        \
-                int stuck = row.s <= 0 && row.target > 0;                                  \
-                int closed = row.done && row.reachable && !stuck && row.t < (T)INFINITY;   \
-                if (!closed || (row.flags & CAR_WIDE)) {                                   \
+                flags |= row.flags & (CAR_CHECK_FAILED | CAR_WIDE);                        \
+                if (!(row.flags & CAR_CLOSED) || (row.flags & CAR_WIDE)) {                 \
                     flags |= CAR_LEFT;                                                     \
                 } else {                                                                   \
-                    T t = row.t > 0 ? row.t : (T)0;                                        \
-                    T eta = (t > 0 ? (T)sqrt((double)t) : (T)0) / row.d_scale;             \
-                    eta = eta < 1 ? eta : (T)1;                                            \
+                    T eta = row.eta < 1 ? row.eta : (T)1;                                  \
                     _Pragma("omp simd")                                                    \
                     for (int64_t i = 0; i < n_cols; ++i) {                                 \
                         T v = xr[i] + eta * wr[i];                                         \
@@ -497,7 +507,7 @@ CAR_PROJECT_L1_ROWS(double, project_l1_rows_f64)
 /* The exact L-inf-ball ∩ box projection (car_attacks.core.projection.project_linf), one
  * pass per row with the checks: clip(z, max(lo, x0 - eps), min(hi, x0 + eps)). */
 #define CAR_PROJECT_LINF_ROWS(T, NAME)                                                     \
-    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,             \
+    static int NAME(const T *x0, const T *z, const T *eps_in, int64_t n_rows,              \
                     int64_t n_cols, T lo, T hi, T below, T above, T *out,                  \
                     int8_t *flags_out) {                                                   \
         for (int64_t r = 0; r < n_rows; ++r) {                                             \
@@ -505,7 +515,7 @@ CAR_PROJECT_L1_ROWS(double, project_l1_rows_f64)
             T *outr = out + r * n_cols;                                                    \
             T eps = eps_in[r];                                                             \
             int bad = !(eps >= 0 && eps - eps == 0);                                       \
-            _Pragma("omp simd reduction(+ : bad)")                                        \
+            _Pragma("omp simd reduction(+ : bad)")                                         \
             for (int64_t i = 0; i < n_cols; ++i) {                                         \
                 T low = xr[i] - eps, high = xr[i] + eps;                                   \
                 low = low > lo ? low : lo;                                                 \
@@ -534,7 +544,7 @@ CAR_PROJECT_LINF_ROWS(double, project_linf_rows_f64)
         T *out;                                                                            \
         int8_t *flags_out;                                                                 \
     } NAME##_args;                                                                         \
-    static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
+    static int NAME##_block(const void *args, int64_t first, int64_t last) {               \
         const NAME##_args *a = (const NAME##_args *)args;                                  \
         int64_t at = first * a->n_cols;                                                    \
         if (a->norm == 2)                                                                  \
@@ -550,7 +560,7 @@ CAR_PROJECT_LINF_ROWS(double, project_linf_rows_f64)
                          a->lo, a->hi, a->below, a->above, a->out + at,                    \
                          a->flags_out + first);                                            \
     }                                                                                      \
-    int NAME(const T *x0, const T *z, const T *eps, int64_t n_rows, int64_t n_cols, T lo, \
+    int NAME(const T *x0, const T *z, const T *eps, int64_t n_rows, int64_t n_cols, T lo,  \
              T hi, T next_step, int norm, int max_iter, T below, T above, T span_factor,   \
              T tiny_eps, T *out, int8_t *flags_out, int threads) {                         \
         NAME##_args a = {x0, z, eps, n_cols, lo, hi, next_step, norm, max_iter, below,     \
@@ -569,14 +579,14 @@ CAR_PROJECT(double, car_project_f64, project_l1_rows_f64, project_l2_rows_f64,
  * bit 0 as in CAR_CHECK_FAILED, x outside [below, above] or not finite, d or eps not
  * finite, eps < 0), a second over the row (in cache) where eps exceeds the reach. */
 #define CAR_LINF_ROWS(T, NAME)                                                             \
-    static int NAME(const T *x, const T *d, const T *eps_in, int64_t n_rows,              \
+    static int NAME(const T *x, const T *d, const T *eps_in, int64_t n_rows,               \
                     int64_t n_cols, T lo, T hi, T below, T above, T *eta_out,              \
                     int8_t *flags_out) {                                                   \
         for (int64_t r = 0; r < n_rows; ++r) {                                             \
             const T *xr = x + r * n_cols, *dr = d + r * n_cols;                            \
             T eps = eps_in[r], reach = 0, fastest = 0;                                     \
             int bad = 0;                                                                   \
-            _Pragma("omp simd reduction(max : reach, fastest) reduction(+ : bad)")        \
+            _Pragma("omp simd reduction(max : reach, fastest) reduction(+ : bad)")         \
             for (int64_t i = 0; i < n_cols; ++i) {                                         \
                 T a = dr[i] < 0 ? -dr[i] : dr[i];                                          \
                 T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                             \
@@ -592,7 +602,7 @@ CAR_PROJECT(double, car_project_f64, project_l1_rows_f64, project_l2_rows_f64,
             if (eps > reach) { /* saturates at the largest room */                         \
                 target = reach;                                                            \
                 fastest = 0;                                                               \
-                _Pragma("omp simd reduction(max : fastest)")                              \
+                _Pragma("omp simd reduction(max : fastest)")                               \
                 for (int64_t i = 0; i < n_cols; ++i) {                                     \
                     T a = dr[i] < 0 ? -dr[i] : dr[i];                                      \
                     T room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;                         \
@@ -619,13 +629,13 @@ CAR_LINF_ROWS(double, linf_rows_f64)
         T *eta_out;                                                                        \
         int8_t *flags_out;                                                                 \
     } NAME##_args;                                                                         \
-    static int NAME##_block(const void *args, int64_t first, int64_t last) {              \
+    static int NAME##_block(const void *args, int64_t first, int64_t last) {               \
         const NAME##_args *a = (const NAME##_args *)args;                                  \
         int64_t at = first * a->n_cols;                                                    \
         return ROWS(a->x + at, a->d + at, a->eps + first, last - first, a->n_cols, a->lo,  \
                     a->hi, a->below, a->above, a->eta_out + first, a->flags_out + first);  \
     }                                                                                      \
-    int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,  \
+    int NAME(const T *x, const T *d, const T *eps, int64_t n_rows, int64_t n_cols, T lo,   \
              T hi, T below, T above, T *eta_out, int8_t *flags_out, int threads) {         \
         NAME##_args a = {x, d, eps, n_cols, lo, hi, below, above, eta_out, flags_out};     \
         return car_parallel(NAME##_block, &a, n_rows, threads);                            \
