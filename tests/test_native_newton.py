@@ -21,6 +21,19 @@ from test_fused import BOUNDS, _problem, _solve, check_kernel_takes_the_compiled
 from car_attacks.core import fused, native_newton
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Wrap ``owner.name`` so that each call appends 1 to the list returned."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 @pytest.fixture
 def native(monkeypatch: pytest.MonkeyPatch) -> None:
     """The C kernel on (built once per process into the user's cache), compiling off."""
@@ -94,14 +107,7 @@ def test_whole_solve_meets_the_oracle_at_every_sample_size(native, p, size):
 def test_the_attacks_use_it_from_the_first_call_in_auto_mode(native, monkeypatch):
     """``auto``: the C kernel from the first call (its compile is cheap), the compiled
     kernels only after the break-even."""
-    calls: list[int] = []
-    real = native_newton.newton_power
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native_newton, "newton_power", counted)
+    calls = count_calls(monkeypatch, native_newton, "newton_power")
     x, delta, eps = _problem(4, 3, 0.0, 1.0, 2.0, torch.float32)
     assert not fused.compile_enabled()
     _solve(x, delta, eps, 2.0, (0.0, 1.0))
@@ -204,14 +210,7 @@ def test_public_checks_in_the_kernel_give_the_eager_outcome(native, monkeypatch,
     elif spoil == "tiny_eps":
         eps_arg = eps.clone()
         eps_arg[3] = 1e-13
-    calls: list[int] = []
-    real = native_newton.checked_newton_power
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native_newton, "checked_newton_power", counted)
+    calls = count_calls(monkeypatch, native_newton, "checked_newton_power")
     got = _api_outcome(x, delta, eps_arg)
     # the kernel looked at the inputs (and solved again in float64 where they need it)
     assert len(calls) == (2 if spoil in ("tiny_delta_spread", "tiny_eps") else 1)

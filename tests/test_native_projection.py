@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from test_fused import BOUNDS, _problem
+from test_native_newton import count_calls
 
 import car_attacks
 from car_attacks.core import fused, native_newton, projection, solvers
@@ -156,14 +157,7 @@ def test_public_checks_in_the_kernel_give_the_eager_outcome(native, monkeypatch,
         eps_arg[6] = math.inf
     elif spoil == "tiny_eps":
         eps_arg[3] = 1e-13
-    calls: list[int] = []
-    real = native_newton.project
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native_newton, "project", counted)
+    calls = count_calls(monkeypatch, native_newton, "project")
     got = _public_outcome(x0, z, eps_arg, p)
     assert calls, "the kernel looked at the inputs"
     monkeypatch.setenv(fused.COMPILE_ENV, "0")
@@ -225,14 +219,7 @@ def test_public_linf_checks_in_the_kernel_give_the_eager_outcome(native, monkeyp
         except ValueError as exc:
             return (type(exc), str(exc))
 
-    calls: list[int] = []
-    real = native_newton.linf_eta
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native_newton, "linf_eta", counted)
+    calls = count_calls(monkeypatch, native_newton, "linf_eta")
     got = outcome()
     assert calls == [1]
     monkeypatch.setenv(fused.COMPILE_ENV, "0")
@@ -248,14 +235,7 @@ def test_the_attacks_and_the_public_projection_use_the_kernel_in_auto_mode(nativ
     """``auto`` (the default): the public projection and the attacks' (unchecked) one run
     the kernel from the first call; ``0`` never; a gradient through ``z`` never (the eager
     path is differentiable)."""
-    calls: list[int] = []
-    real = native_newton.project
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native_newton, "project", counted)
+    calls = count_calls(monkeypatch, native_newton, "project")
     x0, z, eps = _points(p, (0.0, 1.0), torch.float32)
     car_attacks.project_lp_ball_box(x0, z, eps, p=p)
     _unchecked(x0, z, eps, p, (0.0, 1.0))

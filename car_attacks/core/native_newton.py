@@ -195,6 +195,31 @@ def _threads(n: int, m: int) -> int:
     return max(1, min(torch.get_num_threads(), n, (n * m) // VALUES_PER_THREAD))
 
 
+def _run(
+    name: str,
+    x: torch.Tensor,
+    other: torch.Tensor,
+    eps: torch.Tensor,
+    settings: tuple[float, ...],
+    outputs: tuple[torch.Tensor, ...],
+) -> bool:
+    """Call the entry point ``name`` (its ``_f32`` or ``_f64`` variant by ``x``'s dtype) on
+    the rows of ``x`` and ``other`` ``(N, n)`` and ``eps`` ``(N,)`` with the scalar
+    ``settings``, writing ``outputs``; False where the library is not built or the kernel
+    could not allocate its row buffers (the caller then solves otherwise)."""
+    library = _library()
+    if library is None:
+        return False
+    n, m = x.shape[0], x.shape[1]
+    xf, of = x.detach().contiguous(), other.detach().contiguous()
+    eps_flat = eps.detach().reshape(n).contiguous()
+    fn = getattr(library, f"{name}_{'f32' if x.dtype == torch.float32 else 'f64'}")
+    pointers = (t.data_ptr() for t in outputs)
+    status = fn(xf.data_ptr(), of.data_ptr(), eps_flat.data_ptr(), n, m, *settings, *pointers,
+                _threads(n, m))  # fmt: skip
+    return status == 0
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckedRun:
     """What :func:`checked_newton_power` found: the solve, and what the checks said."""
@@ -240,34 +265,14 @@ def checked_newton_power(
     solve is garbage where they fail: look at :attr:`CheckedRun.clean` first)."""
     from .fused_newton import NewtonRun
 
-    library = _library()
-    if library is None:
-        return None
-    n, m = x.shape[0], x.shape[1]
-    dtype = x.dtype
-    xf, df = x.detach().contiguous(), delta.detach().contiguous()
-    eps_flat = eps.detach().reshape(n).contiguous()
+    n, dtype = x.shape[0], x.dtype
     t, s, target, scale, eta = (torch.empty(n, dtype=dtype) for _ in range(5))
     reach_ok, done, flags = (torch.empty(n, dtype=torch.int8) for _ in range(3))
     count = torch.empty(n, dtype=torch.int32)
-    fn = library.car_newton_f32 if dtype == torch.float32 else library.car_newton_f64
-    square = int(p == 2)
     limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
+    settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, int(p == 2), max_iter, *limits)
     outputs = (t, s, target, reach_ok, scale, count, done, eta, flags)
-
-    settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, square, max_iter, *limits)
-    pointers = (a.data_ptr() for a in outputs)
-    status = fn(
-        xf.data_ptr(),
-        df.data_ptr(),
-        eps_flat.data_ptr(),
-        n,
-        m,
-        *settings,
-        *pointers,
-        _threads(n, m),
-    )
-    if status:  # out of memory for a two-row buffer
+    if not _run("car_newton", x, delta, eps, settings, outputs):
         return None
     row_flags = flags.numpy()
     found = int(np.bitwise_or.reduce(row_flags))
@@ -322,31 +327,13 @@ def project(
     L1 threshold search or the L2 Newton solve in cache, then the output): ``x0`` and ``z``
     ``(N, n)``, ``eps`` ``(N,)``, one float dtype on the CPU, the bounds rounded to it.
     ``max_iter`` caps the Newton steps. ``None`` where the kernel could not run."""
-    library = _library()
-    if library is None:
-        return None
     n, m = x0.shape[0], x0.shape[1]
-    dtype = x0.dtype
-    xf, zf = x0.detach().contiguous(), z.detach().contiguous()
-    eps_flat = eps.detach().reshape(n).contiguous()
-    out = torch.empty((n, m), dtype=dtype)
+    out = torch.empty((n, m), dtype=x0.dtype)
     flags = torch.empty(n, dtype=torch.int8)
-    fn = library.car_project_f32 if dtype == torch.float32 else library.car_project_f64
     norm = 0 if math.isinf(p) else int(p)
     limits = (checks.below, checks.above, checks.span_factor, checks.tiny_eps)
     settings = (lo, hi, fused.NEXT_BREAKPOINT_STEP, norm, max_iter, *limits)
-    status = fn(
-        xf.data_ptr(),
-        zf.data_ptr(),
-        eps_flat.data_ptr(),
-        n,
-        m,
-        *settings,
-        out.data_ptr(),
-        flags.data_ptr(),
-        _threads(n, m),
-    )
-    if status:  # out of memory for the row buffers
+    if not _run("car_project", x0, z, eps, settings, (out, flags)):
         return None
     found = int(np.bitwise_or.reduce(flags.numpy()))
     left = None
@@ -378,27 +365,10 @@ def linf_eta(
     (:func:`~car_attacks.core.solvers.linf_eta`) by the C kernel, the checks in the same
     pass: ``x`` and ``delta`` ``(N, n)``, ``eps`` ``(N,)``, one float dtype on the CPU, the
     bounds rounded to it. ``None`` where the kernel could not run."""
-    library = _library()
-    if library is None:
-        return None
-    n, m = x.shape[0], x.shape[1]
-    xf, df = x.detach().contiguous(), delta.detach().contiguous()
-    eps_flat = eps.detach().reshape(n).contiguous()
+    n = x.shape[0]
     eta = torch.empty(n, dtype=x.dtype)
     flags = torch.empty(n, dtype=torch.int8)
-    fn = library.car_linf_eta_f32 if x.dtype == torch.float32 else library.car_linf_eta_f64
-    fn(
-        xf.data_ptr(),
-        df.data_ptr(),
-        eps_flat.data_ptr(),
-        n,
-        m,
-        lo,
-        hi,
-        checks.below,
-        checks.above,
-        eta.data_ptr(),
-        flags.data_ptr(),
-        _threads(n, m),
-    )
+    settings = (lo, hi, checks.below, checks.above)
+    if not _run("car_linf_eta", x, delta, eps, settings, (eta, flags)):
+        return None
     return LinfScale(eta=eta, clean=not bool(flags.any()))

@@ -49,14 +49,7 @@ from .tensors import (
     room_along,
     stop_gradient,
 )
-from .validation import (
-    BOUNDS_TOLERANCE,
-    as_tensors,
-    check_arguments,
-    parse_p,
-    plain_eps,
-    plain_float_bounds,
-)
+from .validation import as_tensors, check_arguments, parse_p, plain_call
 
 PROJECTION_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
 
@@ -109,24 +102,13 @@ def _common_projection(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> torch.
     leaves (see :class:`~car_attacks.core.native_newton.Projected`) are projected by the
     general path. ``None`` where the call is another one or a check fails (the general
     path then raises, in its order)."""
-    if type(x0) is not torch.Tensor or type(z) is not torch.Tensor:
+    call = plain_call(x0, z, eps, p, bounds)
+    if call is None or not native_newton.eligible(x0, z, call.lo, call.hi):
         return None
-    p_ = parse_p(p)  # the first check of the general path too
-    if p_ not in PROJECTION_NORMS or x0.shape != z.shape:
+    p_, lo, hi, eps_t = call.p, call.lo, call.hi, call.eps
+    if x0.dtype == torch.float32 and hi - lo > FLOAT32_RANGE:
         return None
-    lo_hi = plain_float_bounds(bounds, x0.dtype)
-    if lo_hi is None or not native_newton.eligible(x0, z, *lo_hi):
-        return None
-    if x0.dtype == torch.float32 and lo_hi[1] - lo_hi[0] > FLOAT32_RANGE:
-        return None
-    if torch.is_grad_enabled() and (x0.requires_grad or z.requires_grad):
-        return None
-    eps_t = plain_eps(eps, x0)
-    if eps_t is None:
-        return None
-    lo, hi = lo_hi
-    tol = (hi - lo) * BOUNDS_TOLERANCE
-    checks = CheckLimits.of(x0, lo, hi, below=lo - tol, above=hi + tol)
+    checks = CheckLimits.of(x0, lo, hi, below=call.below, above=call.above)
     n = x0.shape[0]
     found = native_newton.project(
         x0.reshape(n, -1),

@@ -72,14 +72,13 @@ from .tensors import (
     room_along,
 )
 from .validation import (
-    BOUNDS_TOLERANCE,
     CheckedArguments,
+    PlainCall,
     as_tensors,
     check_arguments,
     check_batch,
     parse_p,
-    plain_eps,
-    plain_float_bounds,
+    plain_call,
 )
 
 Method = Literal["newton", "sort", "bisection", "naive"]
@@ -172,39 +171,27 @@ def _common_call(
     x: Any, delta: Any, eps: Any, p: Any, bounds: Any, rtol: Any, max_steps: Any
 ) -> torch.Tensor | None:
     """:func:`clipping_aware_rescaling` by Newton for the common call, on the PyTorch tensors
-    themselves (no EagerPy around the checks and the closed form): ``x`` and ``delta``
-    plain PyTorch float32/float64 tensors of one shape that :func:`~car_attacks.core.fused.fusable`
-    takes with the compiler on, no gradient taken, float bounds, p = 1, 2 or inf and ``eps``
-    a float or a tensor ``(N,)`` of ``x``'s dtype and device. The same operations as the
-    general path, so the same ``eta`` bit for bit; ``None`` where the call is another one or
-    a check fails (the general path then raises, in its order)."""
-    if type(x) is not torch.Tensor or type(delta) is not torch.Tensor:
-        return None
+    themselves (no EagerPy around the checks and the closed form): the call
+    :func:`~car_attacks.core.validation.plain_call` takes, on tensors the C kernels take
+    (:func:`~car_attacks.core.native_newton.eligible`) or, with the compiler on, the fused
+    kernels (:func:`~car_attacks.core.fused.eligible`). The same ``eta`` as the general path
+    to rounding (bit for bit where the same kernel solves); ``None`` where the call is
+    another one or a check fails (the general path then raises, in its order)."""
     if not (type(rtol) is float and rtol > 0 and type(max_steps) is int and max_steps >= 1):
         return None
-    p_ = parse_p(p)  # the first check of the general path too
-    if p_ not in (1.0, 2.0, math.inf) or x.shape != delta.shape:
+    call = plain_call(x, delta, eps, p, bounds)
+    if call is None:
         return None
-    lo_hi = plain_float_bounds(bounds, x.dtype)
-    if lo_hi is None:
-        return None
-    native = native_newton.eligible(x, delta, *lo_hi)
-    if not native and not (fused.eligible(x, delta, *lo_hi) and fused.compile_enabled()):
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or delta.requires_grad):
-        return None
-    eps_t = plain_eps(eps, x)
-    if eps_t is None:
-        return None
-    lo, hi = lo_hi
-    tol = (hi - lo) * BOUNDS_TOLERANCE
-    if native:
-        eta_native = _native_call(x, delta, eps_t, p_, lo, hi, tol)
+    p_, lo, hi, eps_t = call.p, call.lo, call.hi, call.eps
+    if native_newton.eligible(x, delta, lo, hi):
+        eta_native = _native_call(x, delta, call)
         return (
             None if eta_native is None else _representable(eta_native, x, delta, eps_t, p_, lo, hi)
         )
+    if not (fused.eligible(x, delta, lo, hi) and fused.compile_enabled()):
+        return None
     stats = fused.checked_first_pass(
-        x, delta, eps_t, p=p_, lo=lo, hi=hi, below=lo - tol, above=hi + tol
+        x, delta, eps_t, p=p_, lo=lo, hi=hi, below=call.below, above=call.above
     )
     if not stats.clean:
         return None
@@ -223,21 +210,13 @@ def _common_call(
     return _representable(eta, x, delta, eps_t, p_, lo, hi)
 
 
-def _native_call(
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    eps: torch.Tensor,
-    p: float,
-    lo: float,
-    hi: float,
-    tol: float,
-) -> torch.Tensor | None:
+def _native_call(x: torch.Tensor, delta: torch.Tensor, call: PlainCall) -> torch.Tensor | None:
     """``eta`` ``(N,)`` of :func:`_common_call` by the C kernels (the Newton solve for p = 1
     or 2, the closed form for p = inf), the input checks in their first pass; ``None``
     where a check fails (or the kernel could not run)."""
-    n = x.shape[0]
+    n, p, lo, hi, eps = x.shape[0], call.p, call.lo, call.hi, call.eps
     lo_, hi_ = fused.as_dtype_float(lo, x), fused.as_dtype_float(hi, x)
-    checks = fused.CheckLimits.of(x, lo, hi, below=lo - tol, above=hi + tol)
+    checks = fused.CheckLimits.of(x, lo, hi, below=call.below, above=call.above)
     if p == math.inf:
         flat = (x.reshape(n, -1), delta.reshape(n, -1))
         scale = native_newton.linf_eta(*flat, eps, lo=lo_, hi=hi_, checks=checks)

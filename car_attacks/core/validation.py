@@ -138,6 +138,44 @@ def _per_sample_tensor(eps: Any, like: ep.PyTorchTensor) -> ep.Tensor | None:
     return ep.astensor(raw) if matches and tuple(raw.shape) == (like.shape[0],) else None
 
 
+@dataclass(frozen=True, kw_only=True)
+class PlainCall:
+    """A public function's common call, parsed by :func:`plain_call` (its values unchecked)."""
+
+    p: float
+    lo: float
+    hi: float
+    eps: torch.Tensor
+    """``(N,)`` in the dtype and on the device of ``x``."""
+    below: float
+    """``x`` must lie in ``[below, above]``: the bounds widened by :data:`BOUNDS_TOLERANCE`."""
+    above: float
+
+
+def plain_call(x: Any, other: Any, eps: Any, p: Any, bounds: Any) -> PlainCall | None:
+    """The fast paths' common call of a public function, parsed without a pass over the data:
+    ``x`` and ``other`` plain PyTorch tensors of one shape taking no gradient, p = 1, 2 or
+    inf, bounds as :func:`plain_float_bounds` takes them and ``eps`` as :func:`plain_eps`
+    does; ``None`` for any other call (the general path then checks it, in its order).
+    ``p`` is parsed first, as the general path does, so a bad ``p`` raises here."""
+    if type(x) is not torch.Tensor or type(other) is not torch.Tensor:
+        return None
+    p_ = parse_p(p)
+    if p_ not in (1.0, 2.0, math.inf) or x.shape != other.shape:
+        return None
+    lo_hi = plain_float_bounds(bounds, x.dtype)
+    if lo_hi is None:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or other.requires_grad):
+        return None
+    eps_t = plain_eps(eps, x)
+    if eps_t is None:
+        return None
+    lo, hi = lo_hi
+    tol = (hi - lo) * BOUNDS_TOLERANCE
+    return PlainCall(p=p_, lo=lo, hi=hi, eps=eps_t, below=lo - tol, above=hi + tol)
+
+
 def plain_float_bounds(bounds: Any, dtype: torch.dtype) -> tuple[float, float] | None:
     """``bounds`` as floats where they are a pair of Python numbers that :func:`as_bounds`
     accepts for ``dtype``, else ``None`` (the fast paths of the public functions)."""
