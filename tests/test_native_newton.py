@@ -264,3 +264,31 @@ def test_kernel_closed_form_eta_is_the_solvers(native, p, dtype):
         problem, x=ep.astensor(x), delta=ep.astensor(delta), eps=ep.astensor(eps)
     )
     assert torch.equal(eta_from_newton(whole, every)[0].raw[1:], rest.eta)
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("p", [1.5, 3.0, 7.0])
+def test_general_p_kernel_gives_the_eager_solve(native, monkeypatch, bounds, p):
+    """p other than 1 and 2 (in float64, with the room scaled by eps and capped): the C
+    kernel's ``eta`` against the eager solve and the float64 bisection oracle; a batch with
+    an unreachable sample (row 0) is left to the eager path, which gives the same answer."""
+    x, delta, _ = _problem(17, 6, *bounds, 2.0, torch.float64)
+    n = x.shape[0]
+    room = torch.where(delta >= 0, bounds[1] - x, x - bounds[0]) * (delta != 0)
+    reach = torch.linalg.vector_norm(room.reshape(n, -1), ord=p, dim=1)
+    eps = reach * torch.linspace(0.2, 0.9, n, dtype=torch.float64)
+    eps[0] = reach[0] * 10
+    found = native_newton.general_eta(
+        x[1:].reshape(n - 1, -1), delta[1:].reshape(n - 1, -1), eps[1:], p=p,
+        lo=bounds[0], hi=bounds[1], max_iter=32,
+    )  # fmt: skip
+    assert found is not None and 1 < found.iterations <= 32
+    calls = count_calls(monkeypatch, native_newton, "general_eta")
+    together, _ = _solve(x, delta, eps, p, bounds)  # row 0 unreachable: the eager path
+    assert calls == [1]
+    monkeypatch.setenv(fused.COMPILE_ENV, "0")
+    eager, _ = _solve(x, delta, eps, p, bounds)
+    np.testing.assert_allclose(found.eta.numpy(), eager[1:].numpy(), rtol=1e-12, atol=0)
+    assert torch.equal(together, eager)
+    oracle = bisection_eta(x[1:].numpy(), delta[1:].numpy(), eps[1:].numpy(), p, *bounds)
+    np.testing.assert_allclose(found.eta.numpy(), oracle, rtol=1e-9, atol=0)

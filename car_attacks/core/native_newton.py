@@ -183,6 +183,9 @@ def _load(path: Path) -> ctypes.CDLL:
             "car_project": rows + settings + [pointer] * 2 + [i32],
             "car_linf_eta": rows + [scalar] * 4 + [pointer] * 2 + [i32],
         }
+        if suffix == "f64":  # p other than 1 and 2: in double only
+            general = [scalar] * 4 + [i32] + [scalar] * 2  # bounds, p, step, cap, checks
+            signatures["car_newton_general"] = rows + general + [pointer] * 3 + [i32]
         for name, argtypes in signatures.items():
             fn = getattr(library, f"{name}_{suffix}")
             fn.restype = ctypes.c_int
@@ -372,3 +375,44 @@ def linf_eta(
     if not _run("car_linf_eta", x, delta, eps, settings, (eta, flags)):
         return None
     return LinfScale(eta=eta, clean=not bool(flags.any()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneralScale:
+    """What :func:`general_eta` found."""
+
+    eta: torch.Tensor
+    """``(N,)`` float64."""
+    iterations: int
+    """The most Newton iterations a sample took (the pass at ``t = 0`` counts)."""
+
+
+def general_eta(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    p: float,
+    lo: float,
+    hi: float,
+    max_iter: int,
+) -> GeneralScale | None:
+    """``eta`` for a finite p other than 1 and 2 by the C kernel, in float64 as
+    :class:`~car_attacks.core.solvers.RescalingProblem`'s general solve (``x`` and ``delta``
+    ``(N, n)``, ``eps`` ``(N,)``, all float64 on the CPU): the scaled powers
+    ``(|delta| / d_scale)^p`` and ``(r / r_scale)^p`` (capped so that none overflows) in a
+    row buffer, Newton over them, ``eta = t^(1/p) r_scale / d_scale``. ``None`` where the
+    kernel could not run or its closed form does not apply to every sample (unfinished,
+    unreachable, no slope left; the general path then solves)."""
+    n = x.shape[0]
+    eta = torch.empty(n, dtype=torch.float64)
+    count = torch.empty(n, dtype=torch.int32)
+    flags = torch.empty(n, dtype=torch.int8)
+    settings = (lo, hi, p, fused.NEXT_BREAKPOINT_STEP, max_iter, -math.inf, math.inf)
+    if not _run("car_newton_general", x, delta, eps, settings, (eta, count, flags)):
+        return None
+    row_flags = flags.numpy()
+    failed = np.bitwise_or.reduce(row_flags) & CHECK_FAILED
+    if failed or not np.bitwise_and.reduce(row_flags) & CLOSED:
+        return None
+    return GeneralScale(eta=eta, iterations=int(count.max()))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import eagerpy as ep
 import numpy as np
+import torch
 
 from . import fused, fused_newton, native_newton
 from .tensors import (
@@ -101,8 +102,8 @@ def solve_power(problem: RescalingProblem, method: str) -> tuple[ep.Tensor, Solv
     The segment is found on detached inputs; ``eta`` is then recomputed on it from the inputs
     themselves where a gradient may be taken. ``eta = inf`` where ``t`` overflows.
     """
-    if method == "newton" and problem.p in (1.0, 2.0):
-        fast = _fused_newton(problem)
+    if method == "newton":
+        fast = _fused_newton(problem) if problem.p in (1.0, 2.0) else _native_general(problem)
         if fast is not None:
             return fast
     detached = _PowerProblem.build(problem.detached())
@@ -162,6 +163,31 @@ def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | No
     if not run.finished:
         return None
     return eta_from_newton(problem, run)
+
+
+def _native_general(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | None:
+    """:func:`solve_power` by Newton for a p other than 1 and 2 with the C kernel
+    (:func:`~car_attacks.core.native_newton.general_eta`: float64 CPU tensors, float bounds,
+    no gradient); ``None`` where it does not apply to every sample."""
+    x, delta, lo, hi = problem.x.raw, problem.delta.raw, problem.lo, problem.hi
+    if not native_newton.eligible(x, delta, lo, hi) or x.dtype != torch.float64:
+        return None
+    if needs_grad(problem.x, problem.delta, problem.eps, lo, hi):
+        return None
+    assert isinstance(lo, float) and isinstance(hi, float)  # eligible checked
+    n = x.shape[0]
+    found = native_newton.general_eta(
+        x.reshape(n, -1),
+        delta.reshape(n, -1),
+        problem.eps.raw,
+        p=problem.p,
+        lo=lo,
+        hi=hi,
+        max_iter=NEWTON_MAX_ITER,
+    )
+    if found is None:
+        return None
+    return ep.astensor(found.eta), SolveInfo(method="newton", iterations=found.iterations)
 
 
 def eta_from_newton(

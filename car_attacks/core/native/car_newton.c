@@ -96,7 +96,54 @@ static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int t
     g += (double)(moved < rp ? moved : rp);                                                \
     slope += active ? (double)dp : 0.0;
 
-#define CAR_CLOSED 16 /* a Newton row's flag: eta is the closed form of the finished solve */
+/* The kernels' flags per row (bit values; car_attacks.core.native_newton reads them). */
+#define CAR_CHECK_FAILED 1 /* x outside [below, above] or not finite, delta or z or eps not */
+                           /* finite, eps < 0 */
+#define CAR_WIDE 2         /* the float32 solve needs float64 */
+#define CAR_INSIDE 4       /* projections: clip(z) is in the ball, the projection is clip(z) */
+#define CAR_LEFT 8         /* projections: not written, for the caller (see each kernel) */
+#define CAR_CLOSED 16      /* Newton: eta is the closed form of the finished solve */
+
+/* The Newton iterations t <- t + (E - g(t)) / S(t) from t = 0 over the powers of a row
+ * (dpr, rpr; slope0 = S(0), target = E), until S repeats or a step lands before the next
+ * breakpoint of g (sought only near the root); declares s, t, done and count. */
+#define CAR_ITERATE(T)                                                                     \
+    T s = (T)slope0;                                                                       \
+    T step = target / (s > 0 ? s : (T)1);                                                  \
+    step = step > 0 ? step : (T)0;                                                         \
+    T t = step, previous = s;                                                              \
+    int near = step <= next_step * step;                                                   \
+    int done = 0, count = 1;                                                               \
+    while (!done && count < max_iter) {                                                    \
+        double g = 0.0, slope = 0.0;                                                       \
+        T nearest = (T)INFINITY;                                                           \
+        if (near) { /* the next breakpoint matters only near the root */                   \
+            _Pragma("omp simd reduction(+ : g, slope) reduction(min : nearest)")           \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                CAR_PASS_ELEMENT(T)                                                        \
+                T ratio = rp / dp; /* every lane, then a blend */                          \
+                ratio = active ? ratio : (T)INFINITY;                                      \
+                nearest = ratio < nearest ? ratio : nearest;                               \
+            }                                                                              \
+        } else {                                                                           \
+            _Pragma("omp simd reduction(+ : g, slope)")                                    \
+            for (int64_t i = 0; i < n_cols; ++i) {                                         \
+                CAR_PASS_ELEMENT(T)                                                        \
+            }                                                                              \
+        }                                                                                  \
+        T gt = (T)g, st = (T)slope;                                                        \
+        count += 1;                                                                        \
+        s = st;                                                                            \
+        int repeated = st == previous;                                                     \
+        step = (target - gt) / (st > 0 ? st : (T)1);                                       \
+        step = step > 0 ? step : (T)0;                                                     \
+        T next = repeated ? t : t + step;                                                  \
+        int landed = near && next <= nearest; /* before the next breakpoint */             \
+        done = repeated || landed;                                                         \
+        near = near || step <= next_step * next;                                           \
+        t = next;                                                                          \
+        previous = st;                                                                     \
+    }
 
 /* What the Newton solve of one row found (see car_newton_row below). */
 #define CAR_ROW_RESULT(T)                                                                  \
@@ -137,7 +184,7 @@ CAR_ROW_RESULT(double)
         /* eps: the row's target */                                                        \
         bad += !(eps >= 0 && eps - eps == 0); /* eps finite and >= 0 */                    \
         int wide = (eps > 0 && eps < tiny_eps) || smallest < largest * span_factor;        \
-        int flags = (bad > 0) | (wide << 1);                                               \
+        int flags = (bad > 0 ? CAR_CHECK_FAILED : 0) | (wide ? CAR_WIDE : 0);              \
         T d_scale = 1;                                                                     \
         int reachable;                                                                     \
         T target;                                                                          \
@@ -165,42 +212,7 @@ CAR_ROW_RESULT(double)
             dpr[i] = dp;                                                                   \
             rpr[i] = dp > 0 ? ((SQ) ? room * room : room) : (T)0;                          \
         }                                                                                  \
-        T s = (T)slope0;                                                                   \
-        T step = target / (s > 0 ? s : (T)1);                                              \
-        step = step > 0 ? step : (T)0;                                                     \
-        T t = step, previous = s;                                                          \
-        int near = step <= next_step * step;                                               \
-        int done = 0, count = 1;                                                           \
-        while (!done && count < max_iter) {                                                \
-            double g = 0.0, slope = 0.0;                                                   \
-            T nearest = (T)INFINITY;                                                       \
-            if (near) { /* the next breakpoint matters only near the root */               \
-                _Pragma("omp simd reduction(+ : g, slope) reduction(min : nearest)")       \
-                for (int64_t i = 0; i < n_cols; ++i) {                                     \
-                    CAR_PASS_ELEMENT(T)                                                    \
-                    T ratio = rp / dp; /* every lane, then a blend */                      \
-                    ratio = active ? ratio : (T)INFINITY;                                  \
-                    nearest = ratio < nearest ? ratio : nearest;                           \
-                }                                                                          \
-            } else {                                                                       \
-                _Pragma("omp simd reduction(+ : g, slope)")                                \
-                for (int64_t i = 0; i < n_cols; ++i) {                                     \
-                    CAR_PASS_ELEMENT(T)                                                    \
-                }                                                                          \
-            }                                                                              \
-            T gt = (T)g, st = (T)slope;                                                    \
-            count += 1;                                                                    \
-            s = st;                                                                        \
-            int repeated = st == previous;                                                 \
-            step = (target - gt) / (st > 0 ? st : (T)1);                                   \
-            step = step > 0 ? step : (T)0;                                                 \
-            T next = repeated ? t : t + step;                                              \
-            int landed = near && next <= nearest; /* before the next breakpoint */         \
-            done = repeated || landed;                                                     \
-            near = near || step <= next_step * next;                                       \
-            t = next;                                                                      \
-            previous = st;                                                                 \
-        }                                                                                  \
+        CAR_ITERATE(T)                                                                     \
         /* the closed form eta = t^(1/p) / d_scale (solvers._eta_from_t) where it applies: \
          * finished, reachable, a slope on the final segment, t finite */                  \
         int stuck = s <= 0 && target > 0;                                                  \
@@ -253,6 +265,99 @@ CAR_NEWTON_ROWS(float, newton_row_f32_p2, rows_f32_p2)
 CAR_NEWTON_ROWS(double, newton_row_f64_p1, rows_f64_p1)
 CAR_NEWTON_ROWS(double, newton_row_f64_p2, rows_f64_p2)
 
+/* The Newton solve of one row for a p other than 1 and 2, in double (as
+ * car_attacks.core.solvers._PowerProblem): the directions scaled by d_scale = max |d|, the
+ * room by r_scale (eps where it lies in (0, max r), else max r, or 1), the scaled room
+ * capped at (DBL_MAX / (2 n))^(1/p) so that no power overflows; dp = (|d| / d_scale)^p,
+ * rp = (r / r_scale)^p (0 where d does not move) written to the buffer with the checks in
+ * the pass before; E = (eps / r_scale)^p (0 where unreachable); then the iterations and
+ * eta = t^(1/p) r_scale / d_scale where that closed form applies (flags: CAR_CLOSED). */
+static inline car_row_double newton_row_general(const double *xr, const double *dr, double eps,
+                                                int64_t n_cols, double lo, double hi,
+                                                double p, double next_step, int max_iter,
+                                                double below, double above, double *dpr,
+                                                double *rpr) {
+    double largest = 0, largest_room = 0;
+    int bad = 0;
+#pragma omp simd reduction(max : largest, largest_room) reduction(+ : bad)
+    for (int64_t i = 0; i < n_cols; ++i) {
+        double a = dr[i] < 0 ? -dr[i] : dr[i];
+        double room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;
+        room = room > 0 ? room : 0.0;
+        largest = a > largest ? a : largest;
+        largest_room = room > largest_room ? room : largest_room;
+        bad += !(xr[i] >= below && xr[i] <= above) || !(dr[i] - dr[i] == 0);
+    }
+    bad += !(eps >= 0 && eps - eps == 0);
+    double d_scale = largest > 0 ? largest : 1.0;
+    double r_scale = eps > 0 && eps < largest_room ? eps : (largest_room > 0 ? largest_room : 1.0);
+    double cap = pow(DBL_MAX / (2.0 * (double)n_cols), 1.0 / p);
+    double slope0 = 0.0, reach = 0.0;
+    for (int64_t i = 0; i < n_cols; ++i) { /* pow: not vectorised (IEEE libm) */
+        double a = dr[i] < 0 ? -dr[i] : dr[i];
+        double room = dr[i] >= 0 ? hi - xr[i] : xr[i] - lo;
+        room = room > 0 ? room / r_scale : 0.0;
+        room = room < cap ? room : cap;
+        double dp = pow(a / d_scale, p);
+        double rp = dp > 0 ? pow(room, p) : 0.0;
+        dpr[i] = dp;
+        rpr[i] = rp;
+        slope0 += rp > 0 ? dp : 0.0;
+        reach += rp;
+    }
+    int reachable = pow(eps / r_scale, p) <= reach;
+    double target = pow((reachable ? eps : 0.0) / r_scale, p);
+    CAR_ITERATE(double)
+    int flags = bad > 0 ? CAR_CHECK_FAILED : 0;
+    int stuck = s <= 0 && target > 0;
+    double eta = 0;
+    if (done && reachable && !stuck && t < INFINITY) {
+        eta = (t > 0 ? pow(t, 1.0 / p) : 0.0) * r_scale / d_scale;
+        flags |= CAR_CLOSED;
+    }
+    car_row_double result = {t, s, target, d_scale, eta, reachable, count, done, flags};
+    return result;
+}
+
+/* The entry point of the solve for a p other than 1 and 2 (double); per row eta (where
+ * CAR_CLOSED), the iterations and the flags; rows on `threads` threads. */
+typedef struct {
+    const double *x, *d, *eps;
+    int64_t n_cols;
+    double lo, hi, p, next_step;
+    int max_iter;
+    double below, above;
+    double *eta_out;
+    int32_t *count_out;
+    int8_t *flags_out;
+} car_newton_general_args;
+
+static int car_newton_general_block(const void *args, int64_t first, int64_t last) {
+    const car_newton_general_args *a = (const car_newton_general_args *)args;
+    double *dpr = (double *)malloc(2 * (size_t)a->n_cols * sizeof(double));
+    if (dpr == NULL) return 1;
+    for (int64_t r = first; r < last; ++r) {
+        int64_t at = r * a->n_cols;
+        car_row_double row = newton_row_general(a->x + at, a->d + at, a->eps[r], a->n_cols,
+                                                a->lo, a->hi, a->p, a->next_step, a->max_iter,
+                                                a->below, a->above, dpr, dpr + a->n_cols);
+        a->eta_out[r] = row.eta;
+        a->count_out[r] = row.count;
+        a->flags_out[r] = (int8_t)row.flags;
+    }
+    free(dpr);
+    return 0;
+}
+
+int car_newton_general_f64(const double *x, const double *d, const double *eps, int64_t n_rows,
+                       int64_t n_cols, double lo, double hi, double p, double next_step,
+                       int max_iter, double below, double above, double *eta_out,
+                       int32_t *count_out, int8_t *flags_out, int threads) {
+    car_newton_general_args a = {x, d, eps, n_cols, lo, hi, p, next_step, max_iter,
+                                 below, above, eta_out, count_out, flags_out};
+    return car_parallel(car_newton_general_block, &a, n_rows, threads);
+}
+
 /* The entry points: p = 2 where square, else p = 1; rows on `threads` threads. */
 #define CAR_NEWTON(T, NAME, P1, P2)                                                        \
     typedef struct {                                                                       \
@@ -292,12 +397,6 @@ CAR_NEWTON_ROWS(double, newton_row_f64_p2, rows_f64_p2)
 
 CAR_NEWTON(float, car_newton_f32, rows_f32_p1, rows_f32_p2)
 CAR_NEWTON(double, car_newton_f64, rows_f64_p1, rows_f64_p2)
-
-/* The projections' flags per row (bit values). */
-#define CAR_CHECK_FAILED 1 /* x0 outside [below, above] or not finite, z or eps not finite, eps < 0 */
-#define CAR_WIDE 2         /* the float32 solve needs float64 (L2) */
-#define CAR_INSIDE 4       /* clip(z) is in the ball: the projection is clip(z) */
-#define CAR_LEFT 8         /* not written: for the caller (see each kernel) */
 
 /* clip(v) to [lo, hi] as torch.clamp: min(max(v, lo), hi). */
 #define CAR_CLIP(v, lo, hi) ((v) > (lo) ? ((v) < (hi) ? (v) : (hi)) : ((lo) < (hi) ? (lo) : (hi)))
