@@ -260,3 +260,13 @@ def test_each_sample_is_projected_alone(native, p):
         )
         assert torch.equal(alone, together[i : i + 1])
     np.testing.assert_array_less(-1.5 - 1e-7, together.numpy())
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_eps_of_another_dtype_is_read_in_the_inputs_dtype(native, p):
+    """The attacks may pass ``eps`` in float64 beside float32 points: the kernel reads it
+    rounded to float32 (not its bytes as float32 values)."""
+    x0, z, eps = _points(p, (0.0, 1.0), torch.float32)
+    wide = _unchecked(x0, z, eps.double(), p, (0.0, 1.0))
+    assert wide.dtype == torch.float32
+    assert torch.equal(wide, _unchecked(x0, z, eps, p, (0.0, 1.0)))

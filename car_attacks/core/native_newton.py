@@ -215,7 +215,7 @@ def _run(
         return False
     n, m = x.shape[0], x.shape[1]
     xf, of = x.detach().contiguous(), other.detach().contiguous()
-    eps_flat = eps.detach().reshape(n).contiguous()
+    eps_flat = eps.detach().reshape(n).to(x.dtype).contiguous()  # (the kernel reads x's type)
     fn = getattr(library, f"{name}_{'f32' if x.dtype == torch.float32 else 'f64'}")
     pointers = (t.data_ptr() for t in outputs)
     status = fn(xf.data_ptr(), of.data_ptr(), eps_flat.data_ptr(), n, m, *settings, *pointers,
