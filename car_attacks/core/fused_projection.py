@@ -14,7 +14,9 @@ order), so results agree to rounding. Same rules as :mod:`~car_attacks.core.fuse
 compiled when :func:`~car_attacks.core.fused.compile_enabled` (``CAR_ATTACKS_COMPILE``),
 PyTorch float32/float64 tensors of at least :data:`~car_attacks.core.fused.FUSED_MIN_SIZE`
 values per sample, float bounds, and no gradient needed (the eager path is
-differentiable).
+differentiable). On the CPU the whole projection is a C kernel wherever one builds
+(:func:`~car_attacks.core.native_newton.project`): these kernels then serve the samples it
+leaves, and CUDA tensors.
 """
 
 from __future__ import annotations

@@ -96,43 +96,19 @@ def _project_checked(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> Any:
 
 def _common_projection(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> torch.Tensor | None:
     """:func:`project_lp_ball_box` for the common call by the C kernel, the checks in its
-    first pass (:func:`~car_attacks.core.native_newton.project`): ``x0`` and ``z`` plain
-    PyTorch float32/float64 CPU tensors of one shape taking no gradient, p = 1, 2 or inf,
-    float bounds, ``eps`` a float or a tensor ``(N,)`` of ``x0``'s dtype. The rows the kernel
-    leaves (see :class:`~car_attacks.core.native_newton.Projected`) are projected by the
-    general path. ``None`` where the call is another one or a check fails (the general
-    path then raises, in its order)."""
+    first pass: the call :func:`~car_attacks.core.validation.plain_call` takes, on CPU
+    float32/float64 tensors. ``None`` where the call is another one or a check fails (the
+    general path then raises, in its order)."""
     call = plain_call(x0, z, eps, p, bounds)
     if call is None or not native_newton.eligible(x0, z, call.lo, call.hi):
         return None
-    p_, lo, hi, eps_t = call.p, call.lo, call.hi, call.eps
-    if x0.dtype == torch.float32 and hi - lo > FLOAT32_RANGE:
-        return None
-    checks = CheckLimits.of(x0, lo, hi, below=call.below, above=call.above)
-    n = x0.shape[0]
-    found = native_newton.project(
-        x0.reshape(n, -1),
-        z.reshape(n, -1),
-        eps_t,
-        p=p_,
-        lo=as_dtype_float(lo, x0),
-        hi=as_dtype_float(hi, x0),
-        max_iter=_max_iter(p_),
-        checks=checks,
-    )
-    if found is None or not found.clean:
-        return None
-    if found.left is not None:  # the general path, rows in float64 where they need it
-        rows = found.left
-        general = _project_checked(x0[rows], z[rows], eps_t[rows], p_, (lo, hi))
-        found.out[rows] = general.reshape(rows.shape[0], -1)
-    return found.out.reshape(x0.shape)
+    checks = CheckLimits.of(x0, call.lo, call.hi, below=call.below, above=call.above)
 
+    def general(x_left: torch.Tensor, z_left: torch.Tensor, e_left: torch.Tensor) -> Any:
+        # checked again, and in float64 where those samples need it
+        return _project_checked(x_left, z_left, e_left, call.p, (call.lo, call.hi))
 
-def _max_iter(p: float) -> int:
-    """The Newton steps the C kernel takes at most: the L2 solve's, the L1 threshold's (none
-    for L-inf)."""
-    return NEWTON_MAX_ITER if p == 2 else L1_NEWTON_MAX_ITER
+    return _native_projection(x0, z, call.eps, call.p, call.lo, call.hi, checks, general)
 
 
 def _project_native(
@@ -144,35 +120,61 @@ def _project_native(
     hi: Bound,
     general: Callable[[ep.Tensor, ep.Tensor, ep.Tensor, Bound, Bound], ep.Tensor],
 ) -> ep.Tensor | None:
-    """The projection for p = 1, 2 or inf by the C kernel (no checks), the rows it leaves by
-    ``general``; ``None`` where the kernel does not take the call (no CPU PyTorch
-    float32/float64 tensors, tensor bounds, a gradient needed, float32 bounds wider than
-    :data:`~car_attacks.core.fused.FLOAT32_RANGE`)."""
-    x_raw, z_raw = x0.raw, z.raw
-    if not native_newton.eligible(x_raw, z_raw, lo, hi) or needs_grad(x0, z, eps):
+    """:func:`project_unchecked`'s projection for p = 1, 2 or inf by the C kernel (no
+    checks), the samples it leaves by ``general``; ``None`` where the kernel does not take
+    the call (see :func:`_native_projection`; no CPU PyTorch float32/float64 tensors, tensor
+    bounds, a gradient needed)."""
+    if not native_newton.eligible(x0.raw, z.raw, lo, hi) or needs_grad(x0, z, eps):
         return None
     assert isinstance(lo, float) and isinstance(hi, float)  # eligible checked
-    if x_raw.dtype == torch.float32 and hi - lo > FLOAT32_RANGE:
+
+    def general_raw(x_left: torch.Tensor, z_left: torch.Tensor, e_left: torch.Tensor) -> Any:
+        return general(ep.astensor(x_left), ep.astensor(z_left), ep.astensor(e_left), lo, hi).raw
+
+    projected = _native_projection(x0.raw, z.raw, eps.raw, p, lo, hi, NO_CHECKS, general_raw)
+    return None if projected is None else ep.astensor(projected)
+
+
+def _native_projection(
+    x0: torch.Tensor,
+    z: torch.Tensor,
+    eps: torch.Tensor,
+    p: float,
+    lo: float,
+    hi: float,
+    checks: CheckLimits,
+    general: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any],
+) -> torch.Tensor | None:
+    """The projection by :func:`~car_attacks.core.native_newton.project` with ``checks`` in
+    its first pass, the samples it leaves (see
+    :class:`~car_attacks.core.native_newton.Projected`) by ``general`` on those samples;
+    ``None`` where the kernel could not run, a check failed, or float32 bounds are wider
+    than :data:`~car_attacks.core.fused.FLOAT32_RANGE`."""
+    if x0.dtype == torch.float32 and hi - lo > FLOAT32_RANGE:
         return None
-    n = x_raw.shape[0]
+    n = x0.shape[0]
     found = native_newton.project(
-        x_raw.reshape(n, -1),
-        z_raw.reshape(n, -1),
-        eps.raw,
+        x0.reshape(n, -1),
+        z.reshape(n, -1),
+        eps,
         p=p,
-        lo=as_dtype_float(lo, x_raw),
-        hi=as_dtype_float(hi, x_raw),
+        lo=as_dtype_float(lo, x0),
+        hi=as_dtype_float(hi, x0),
         max_iter=_max_iter(p),
-        checks=NO_CHECKS,
+        checks=checks,
     )
-    if found is None:
+    if found is None or not found.clean:
         return None
     if found.left is not None:
         rows = found.left
-        x_left, z_left, eps_left = (ep.astensor(t.raw[rows]) for t in (x0, z, eps))
-        projected = general(x_left, z_left, eps_left, lo, hi)
-        found.out[rows] = projected.raw.reshape(rows.shape[0], -1)
-    return ep.astensor(found.out.reshape(x_raw.shape))
+        found.out[rows] = general(x0[rows], z[rows], eps[rows]).reshape(rows.shape[0], -1)
+    return found.out.reshape(x0.shape)
+
+
+def _max_iter(p: float) -> int:
+    """The Newton steps the C kernel takes at most: the L2 solve's, the L1 threshold's (none
+    for L-inf)."""
+    return NEWTON_MAX_ITER if p == 2 else L1_NEWTON_MAX_ITER
 
 
 def project_unchecked(
