@@ -270,3 +270,32 @@ def test_eps_of_another_dtype_is_read_in_the_inputs_dtype(native, p):
     wide = _unchecked(x0, z, eps.double(), p, (0.0, 1.0))
     assert wide.dtype == torch.float32
     assert torch.equal(wide, _unchecked(x0, z, eps, p, (0.0, 1.0)))
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("layout", ["plain", "read_only", "reversed"])
+def test_numpy_arrays_take_the_kernels_through_views(native, monkeypatch, p, layout):
+    """NumPy float arrays: the public rescaling and projection run the C kernels on
+    zero-copy PyTorch views and return NumPy arrays, the same values as for PyTorch
+    tensors; read-only arrays and negative strides take the general path (same values)."""
+    x0, z, eps = _points(p, (0.0, 1.0), torch.float32)
+    xa, za, ea = x0.numpy().copy(), z.numpy().copy(), eps.numpy().copy()
+    if layout == "read_only":
+        xa.flags.writeable = False
+    elif layout == "reversed":  # the same samples, viewed back to front twice
+        xa = np.ascontiguousarray(xa[::-1])[::-1]
+    rescale_calls = count_calls(
+        monkeypatch, native_newton, "linf_eta" if p == math.inf else "checked_newton_power"
+    )
+    project_calls = count_calls(monkeypatch, native_newton, "project")
+    eta = car_attacks.clipping_aware_rescaling(xa, za - xa, ea, p=p)
+    projected = car_attacks.project_lp_ball_box(xa, za, ea, p=p)
+    through_kernel = layout == "plain"
+    assert (len(rescale_calls), len(project_calls)) == (int(through_kernel), int(through_kernel))
+    assert isinstance(eta, np.ndarray) and isinstance(projected, np.ndarray)
+    assert eta.dtype == np.float32 and eta.shape == (x0.shape[0], 1, 1, 1)
+    assert projected.dtype == np.float32 and projected.shape == x0.shape
+    expected_eta = car_attacks.clipping_aware_rescaling(x0, z - x0, eps, p=p).numpy()
+    expected = car_attacks.project_lp_ball_box(x0, z, eps, p=p).numpy()
+    np.testing.assert_allclose(eta, expected_eta, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(projected, expected, rtol=0, atol=1e-6)

@@ -49,7 +49,7 @@ from .tensors import (
     room_along,
     stop_gradient,
 )
-from .validation import as_tensors, check_arguments, parse_p, plain_call
+from .validation import as_tensors, check_arguments, numpy_views, parse_p, plain_call
 
 PROJECTION_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
 
@@ -94,11 +94,16 @@ def _project_checked(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> Any:
     return restore(projected.astype(x0_.dtype if is_floating(x0_) else xc.dtype))
 
 
-def _common_projection(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> torch.Tensor | None:
+def _common_projection(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> Any:
     """:func:`project_lp_ball_box` for the common call by the C kernel, the checks in its
     first pass: the call :func:`~car_attacks.core.validation.plain_call` takes, on CPU
-    float32/float64 tensors. ``None`` where the call is another one or a check fails (the
-    general path then raises, in its order)."""
+    float32/float64 tensors or NumPy arrays viewed as such
+    (:func:`~car_attacks.core.validation.numpy_views`). ``None`` where the call is another
+    one or a check fails (the general path then raises, in its order)."""
+    views = numpy_views(x0, z, eps)
+    if views is not None:
+        projected = _common_projection(*views, p, bounds)
+        return None if projected is None else projected.numpy()
     call = plain_call(x0, z, eps, p, bounds)
     if call is None or not native_newton.eligible(x0, z, call.lo, call.hi):
         return None

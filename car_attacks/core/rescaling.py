@@ -77,6 +77,7 @@ from .validation import (
     as_tensors,
     check_arguments,
     check_batch,
+    numpy_views,
     parse_p,
     plain_call,
 )
@@ -169,16 +170,21 @@ def clipping_aware_rescaling(
 
 def _common_call(
     x: Any, delta: Any, eps: Any, p: Any, bounds: Any, rtol: Any, max_steps: Any
-) -> torch.Tensor | None:
+) -> Any:
     """:func:`clipping_aware_rescaling` by Newton for the common call, on the PyTorch tensors
     themselves (no EagerPy around the checks and the closed form): the call
     :func:`~car_attacks.core.validation.plain_call` takes, on tensors the C kernels take
     (:func:`~car_attacks.core.native_newton.eligible`) or, with the compiler on, the fused
-    kernels (:func:`~car_attacks.core.fused.eligible`). The same ``eta`` as the general path
+    kernels (:func:`~car_attacks.core.fused.eligible`), or NumPy arrays viewed as such
+    (:func:`~car_attacks.core.validation.numpy_views`). The same ``eta`` as the general path
     to rounding (bit for bit where the same kernel solves); ``None`` where the call is
     another one or a check fails (the general path then raises, in its order)."""
     if not (type(rtol) is float and rtol > 0 and type(max_steps) is int and max_steps >= 1):
         return None
+    views = numpy_views(x, delta, eps)
+    if views is not None:  # NumPy arrays: the same call on PyTorch views of them
+        eta = _common_call(*views, p, bounds, rtol, max_steps)
+        return None if eta is None else eta.numpy()
     call = plain_call(x, delta, eps, p, bounds)
     if call is None:
         return None

@@ -176,6 +176,25 @@ def plain_call(x: Any, other: Any, eps: Any, p: Any, bounds: Any) -> PlainCall |
     return PlainCall(p=p_, lo=lo, hi=hi, eps=eps_t, below=lo - tol, above=hi + tol)
 
 
+def numpy_views(x: Any, other: Any, eps: Any) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
+    """Zero-copy PyTorch views of NumPy arrays ``x`` and ``other`` (and of ``eps`` where it
+    is an array), for the fast paths of the public functions to run on and give back as
+    NumPy arrays (``Tensor.numpy()``, again without a copy); ``None`` unless ``x`` and
+    ``other`` are writable float32/float64 NumPy arrays PyTorch can view (no negative
+    strides)."""
+    arrays = (x, other, eps) if isinstance(eps, np.ndarray) else (x, other)
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype not in (np.float32, np.float64):
+            return None
+        if not a.flags.writeable:  # (PyTorch warns on views of read-only arrays)
+            return None
+    try:
+        views = [torch.from_numpy(a) for a in arrays]
+    except ValueError:  # negative strides
+        return None
+    return views[0], views[1], views[2] if len(views) == 3 else eps
+
+
 def plain_float_bounds(bounds: Any, dtype: torch.dtype) -> tuple[float, float] | None:
     """``bounds`` as floats where they are a pair of Python numbers that :func:`as_bounds`
     accepts for ``dtype``, else ``None`` (the fast paths of the public functions)."""
