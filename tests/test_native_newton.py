@@ -292,3 +292,22 @@ def test_general_p_kernel_gives_the_eager_solve(native, monkeypatch, bounds, p):
     assert torch.equal(together, eager)
     oracle = bisection_eta(x[1:].numpy(), delta[1:].numpy(), eps[1:].numpy(), p, *bounds)
     np.testing.assert_allclose(found.eta.numpy(), oracle, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_numpy_core_solve_takes_the_kernels_through_views(native, monkeypatch, p):
+    """``solve_eta`` on EagerPy NumPy tensors (the attacks' core call): the C kernels on
+    zero-copy PyTorch views, NumPy out, the PyTorch tensors' ``eta`` bit for bit."""
+    import eagerpy as ep
+
+    from car_attacks.core.rescaling import solve_eta
+
+    x, delta, eps = _problem(23, 5, 0.0, 1.0, p, torch.float32)
+    name = "linf_eta" if p == math.inf else "newton_power"
+    calls = count_calls(monkeypatch, native_newton, name)
+    arrays = [ep.astensor(t.numpy().copy()) for t in (x, delta, eps)]
+    eta = solve_eta(*arrays, p=p, lo=0.0, hi=1.0)
+    assert isinstance(eta, ep.NumPyTensor) and eta.raw.dtype == np.float32
+    assert calls == [1]
+    expected = solve_eta(*(ep.astensor(t) for t in (x, delta, eps)), p=p, lo=0.0, hi=1.0)
+    np.testing.assert_array_equal(eta.raw, expected.raw.numpy())

@@ -364,7 +364,13 @@ def solve_eta_with_info(
     Half precision (float16, bfloat16) is solved in float32, as by
     :func:`clipping_aware_rescaling` (its sums overflow: 150,528 values of an ImageNet
     image sum past float16's 65,504), and ``eta`` is returned in the dtype of ``x`` (where
-    it falls below float16's smallest normal number, 6.1e-5, it keeps fewer digits)."""
+    it falls below float16's smallest normal number, 6.1e-5, it keeps fewer digits).
+    NumPy arrays go to the C kernels through zero-copy PyTorch views where those take the
+    problem (:func:`_numpy_views_for_kernels`)."""
+    views = _numpy_views_for_kernels(x, delta, eps, lo, hi) if method == "newton" else None
+    if views is not None:
+        eta_view, info = solve_eta_with_info(*views, p=p, lo=lo, hi=hi, method=method)
+        return ep.astensor(eta_view.raw.numpy()), info
     x_c = compute_dtype(x)
     problem = RescalingProblem(
         x=x_c,
@@ -376,6 +382,22 @@ def solve_eta_with_info(
     )
     eta, info = _solve(problem, method, bisection_rtol, bisection_max_steps)
     return (eta if x_c is x else eta.astype(x.dtype)), info
+
+
+def _numpy_views_for_kernels(
+    x: ep.Tensor, delta: ep.Tensor, eps: ep.Tensor, lo: Bound, hi: Bound
+) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor] | None:
+    """PyTorch views of EagerPy NumPy tensors (:func:`~car_attacks.core.validation.numpy_views`)
+    where float bounds and the C kernels take them, else ``None``."""
+    if not (isinstance(x, ep.NumPyTensor) and isinstance(lo, float) and isinstance(hi, float)):
+        return None
+    views = numpy_views(x.raw, delta.raw, eps.raw)
+    if views is None or not isinstance(views[2], torch.Tensor):
+        return None
+    if not native_newton.eligible(views[0], views[1], lo, hi):
+        return None
+    x_view, delta_view, eps_view = views
+    return ep.astensor(x_view), ep.astensor(delta_view), ep.astensor(eps_view)
 
 
 def _solve(
