@@ -18,6 +18,7 @@ import torch
 from oracles import bisection_eta
 from test_fused import BOUNDS, _problem, _solve, check_kernel_takes_the_compiled_iterates
 
+import car_attacks
 from car_attacks.core import fused, native_newton
 
 
@@ -131,12 +132,15 @@ def test_no_compiler_warns_once_and_the_other_solvers_run(monkeypatch, tmp_path)
     monkeypatch.setitem(native_newton._state, "library", None)
     monkeypatch.setitem(native_newton._state, "failed", False)
     x, delta, eps = _problem(6, 3, 0.0, 1.0, 2.0, torch.float32)
-    with pytest.warns(RuntimeWarning, match="could not build the C Newton kernel.*no C compiler"):
+    with pytest.warns(RuntimeWarning, match="could not build the C kernels.*no C compiler"):
         eta, _ = _solve(x, delta, eps, 2.0, (0.0, 1.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again, _ = _solve(x, delta, eps, 2.0, (0.0, 1.0))
+        projected = car_attacks.project_lp_ball_box(x, x + delta, eps, p=2)  # general path
     assert torch.equal(eta, again)
+    moved = torch.linalg.vector_norm((projected - x).reshape(len(x), -1), dim=1)
+    assert bool((moved <= eps * (1 + 1e-6)).all()) and bool((projected >= 0).all())
     oracle = bisection_eta(*(t.double().numpy() for t in (x, delta, eps)), 2.0, 0.0, 1.0)
     np.testing.assert_allclose(eta.double().numpy(), oracle.reshape(-1), rtol=2e-5, atol=0)
 

@@ -96,8 +96,8 @@ def _library() -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
             _state["failed"] = True
             warnings.warn(
-                f"could not build the C Newton kernel ({type(exc).__name__}: {exc}); the "
-                "CAR solvers run without it (same results, slower)",
+                f"could not build the C kernels ({type(exc).__name__}: {exc}); the CAR "
+                "solvers and the projections run without them (same results, slower)",
                 RuntimeWarning,
                 stacklevel=3,
             )
