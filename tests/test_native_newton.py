@@ -315,3 +315,35 @@ def test_numpy_core_solve_takes_the_kernels_through_views(native, monkeypatch, p
     assert calls == [1]
     expected = solve_eta(*(ep.astensor(t) for t in (x, delta, eps)), p=p, lo=0.0, hi=1.0)
     np.testing.assert_array_equal(eta.raw, expected.raw.numpy())
+
+
+@pytest.mark.parametrize("compile_mode", ["0", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_p2_eps_whose_square_is_subnormal_scales_the_room(monkeypatch, compile_mode, dtype):
+    """p = 2 with ``eps`` below ``sqrt(tiny)`` of the dtype (``eps^2`` subnormal or 0): the
+    room is scaled by ``eps`` before squaring, so ``||min(eta |delta|, r)||_2 = eps`` to
+    rounding (it was off by 1e-6 at 1e-158 in float64 and raised at 1e-162), eager and
+    through the C kernels, in the public function and the attacks' core call."""
+    import eagerpy as ep
+
+    from car_attacks.core.rescaling import solve_eta
+    from car_attacks.core.solvers import smallest_squared_eps
+
+    monkeypatch.setenv(fused.COMPILE_ENV, compile_mode)
+    monkeypatch.setitem(native_newton._state, "failed", False)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 500, generator=g, dtype=torch.float64).to(dtype)
+    delta = torch.randn(3, 500, generator=g, dtype=torch.float64).to(dtype)
+    floor = smallest_squared_eps(ep.astensor(x))
+    eps = torch.tensor([floor / 2, floor / 1e3, 0.5], dtype=dtype)  # the last: as usual
+    room = torch.where(delta >= 0, 1 - x, x).double()
+
+    def achieved(eta: torch.Tensor) -> torch.Tensor:
+        moved = torch.minimum(eta.double().reshape(3, 1) * delta.abs().double(), room)
+        return torch.linalg.vector_norm(moved / floor, dim=1) * floor
+
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    public = car_attacks.clipping_aware_rescaling(x, delta, eps, p=2)
+    core = solve_eta(ep.astensor(x), ep.astensor(delta), ep.astensor(eps), p=2.0, lo=0.0, hi=1.0)
+    for eta in (public, core.raw):
+        np.testing.assert_allclose(achieved(eta).numpy(), eps.double().numpy(), rtol=rtol)

@@ -51,6 +51,10 @@ class NewtonRun:
     eta: torch.Tensor | None = None
     """``eta = t^(1/p) / d_scale`` ``(N,)`` where a kernel found that closed form to apply to
     every sample (finished, reachable, a slope on the final segment), else ``None``."""
+    tiny: bool | None = None
+    """Whether some p = 2 sample's ``eps^2`` is not a normal number (its solve must scale
+    the room first: :attr:`~car_attacks.core.solvers.RescalingProblem.scaled`), where the
+    kernel looked (the C kernel), else ``None``."""
 
     @classmethod
     def from_rows(
@@ -64,6 +68,7 @@ class NewtonRun:
         count: torch.Tensor,
         done: torch.Tensor,
         eta: torch.Tensor | None = None,
+        tiny: bool | None = None,
     ) -> NewtonRun:
         """The run of a kernel that solved each sample alone and wrote ``(N,)`` arrays
         (``reachable`` and ``done`` as integers, ``eta`` where it applies to every sample);
@@ -81,6 +86,7 @@ class NewtonRun:
             reachable=reachable.reshape(col).bool(),
             d_scale=d_scale.reshape(col),
             eta=eta,
+            tiny=tiny,
         )
 
 

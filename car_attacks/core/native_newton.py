@@ -198,6 +198,13 @@ def _threads(n: int, m: int) -> int:
     return max(1, min(torch.get_num_threads(), n, (n * m) // VALUES_PER_THREAD))
 
 
+CHECK_FAILED, WIDE, INSIDE, LEFT, CLOSED, TINY_EPS = 1, 2, 4, 8, 16, 32
+"""The kernels' flags per row (as in ``native/car_newton.c``): a check failed, the float32
+solve needs float64, ``clip(z)`` is in the ball (projections), the row is left to the
+caller (projections: its output not written), the closed form ``eta`` of the finished
+Newton solve applies (Newton), ``eps^2`` is not a normal number (Newton, p = 2)."""
+
+
 def _run(
     name: str,
     x: torch.Tensor,
@@ -289,15 +296,9 @@ def checked_newton_power(
         count=count,
         done=done,
         eta=eta if closed else None,
+        tiny=bool(found & TINY_EPS),
     )
     return CheckedRun(run=run, clean=not found & CHECK_FAILED, wide=bool(found & WIDE))
-
-
-CHECK_FAILED, WIDE, INSIDE, LEFT, CLOSED = 1, 2, 4, 8, 16
-"""The kernels' flags per row (as in ``native/car_newton.c``): a check failed, the float32
-solve needs float64, ``clip(z)`` is in the ball (projections), the row is left to the
-caller (projections: its output not written), the closed form ``eta`` of the finished
-Newton solve applies (Newton)."""
 
 
 @dataclass(frozen=True, kw_only=True)

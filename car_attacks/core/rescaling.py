@@ -244,8 +244,8 @@ def _native_call(x: torch.Tensor, delta: torch.Tensor, call: PlainCall) -> torch
     )
     if fused.float64_needed(x, hi - lo, checked.wide):
         return solve_power(problem.float64(), "newton")[0].raw
-    if not checked.run.finished:  # the sort finishes the rare unconverged sample
-        return solve_power(problem, "newton")[0].raw
+    if not checked.run.finished or checked.run.tiny:  # the sort finishes the rare
+        return solve_power(problem, "newton")[0].raw  # unconverged sample; a tiny eps scales
     eta: torch.Tensor = eta_from_newton(problem, checked.run)[0].raw
     return eta
 

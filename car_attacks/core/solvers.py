@@ -13,6 +13,7 @@ equation, checks the inputs and picks the solver:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -68,6 +69,10 @@ class RescalingProblem:
     first: fused.FirstPass | None = None
     """The first fused pass of the solve, where the input checks already ran it (with these
     inputs: a copy in another dtype drops it)."""
+    scaled: bool = False
+    """Scale the room by ``eps`` before its power, as for p other than 1 and 2 (see
+    :class:`_PowerProblem`): set by :func:`solve_power` for p = 2 where some ``eps`` is below
+    :func:`smallest_squared_eps` (its square would be subnormal or 0)."""
 
     def detached(self) -> RescalingProblem:
         """The same problem without autograd history."""
@@ -78,6 +83,7 @@ class RescalingProblem:
             p=self.p,
             lo=detached_bound(self.lo),
             hi=detached_bound(self.hi),
+            scaled=self.scaled,
         )
 
     def float64(self) -> RescalingProblem:
@@ -89,6 +95,7 @@ class RescalingProblem:
             p=self.p,
             lo=float64_bound(self.lo),
             hi=float64_bound(self.hi),
+            scaled=self.scaled,
         )
 
     def room(self) -> ep.Tensor:
@@ -102,8 +109,14 @@ def solve_power(problem: RescalingProblem, method: str) -> tuple[ep.Tensor, Solv
     The segment is found on detached inputs; ``eta`` is then recomputed on it from the inputs
     themselves where a gradient may be taken. ``eta = inf`` where ``t`` overflows.
     """
-    if method == "newton":
-        fast = _fused_newton(problem) if problem.p in (1.0, 2.0) else _native_general(problem)
+    if method == "newton" and problem.p in (1.0, 2.0) and not problem.scaled:
+        fast = _fused_newton(problem)
+        if fast is not None:
+            return fast
+    if problem.p == 2 and not problem.scaled and _has_tiny_eps(problem):
+        problem = dataclasses.replace(problem, scaled=True, first=None)
+    if method == "newton" and (problem.p not in (1.0, 2.0) or problem.scaled):
+        fast = _native_general(problem)
         if fast is not None:
             return fast
     detached = _PowerProblem.build(problem.detached())
@@ -130,6 +143,20 @@ def solve_power(problem: RescalingProblem, method: str) -> tuple[ep.Tensor, Solv
     return select(ep.isinf(t[:, 0]), math.inf, eta), info
 
 
+def smallest_squared_eps(like: ep.Tensor) -> float:
+    """The smallest ``eps`` whose square is a normal number of ``like``'s dtype (float32
+    ``2^-63``, float64 ``2^-511``): below it, the p = 2 solve's target ``eps^2`` would lose
+    digits or vanish, and the room is scaled by ``eps`` first (``RescalingProblem.scaled``)."""
+    return math.sqrt(dtype_limits(like)[0])
+
+
+def _has_tiny_eps(problem: RescalingProblem) -> bool:
+    """Whether some ``eps`` lies in ``(0, smallest_squared_eps)`` (one host sync)."""
+    eps = stop_gradient(problem.eps)
+    tiny = ep.logical_and(eps > 0, eps < smallest_squared_eps(problem.x))
+    return bool(tiny.any().item())
+
+
 def _fusable_bounds(problem: RescalingProblem) -> tuple[float, float] | None:
     """The float bounds where :func:`~car_attacks.core.fused.fusable` holds, or where the C
     Newton kernel takes the problem (:func:`~car_attacks.core.native_newton.eligible`: any
@@ -145,7 +172,8 @@ def _fusable_bounds(problem: RescalingProblem) -> tuple[float, float] | None:
 
 def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | None:
     """:func:`solve_power` by Newton with the fused kernels of :mod:`~car_attacks.core.fused`
-    (p = 1 or 2); ``None`` where they do not apply or a sample needs the sort fallback."""
+    (p = 1 or 2); ``None`` where they do not apply, a sample needs the sort fallback, or a
+    p = 2 sample's ``eps`` is below :func:`smallest_squared_eps`."""
     bounds = _fusable_bounds(problem)
     if bounds is None:
         return None
@@ -162,7 +190,8 @@ def _fused_newton(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | No
     )
     if not run.finished:
         return None
-    return eta_from_newton(problem, run)
+    tiny = run.tiny if run.tiny is not None else problem.p == 2 and _has_tiny_eps(problem)
+    return None if tiny else eta_from_newton(problem, run)  # tiny: the scaled solve
 
 
 def _native_general(problem: RescalingProblem) -> tuple[ep.Tensor, SolveInfo] | None:
@@ -247,7 +276,7 @@ class _PowerProblem:
         if p != 1:
             d_scale = nonzero_or_one(d.max(axis=1, keepdims=True))
             d = d / d_scale
-        if p not in (1.0, 2.0):
+        if p not in (1.0, 2.0) or problem.scaled:
             largest = stop_gradient(room).max(axis=1, keepdims=True)
             e = stop_gradient(eps).reshape((-1, 1))
             below = ep.logical_and(e > 0, e < largest)

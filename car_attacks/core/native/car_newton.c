@@ -103,6 +103,10 @@ static int car_parallel(car_block_fn fn, const void *args, int64_t n_rows, int t
 #define CAR_INSIDE 4       /* projections: clip(z) is in the ball, the projection is clip(z) */
 #define CAR_LEFT 8         /* projections: not written, for the caller (see each kernel) */
 #define CAR_CLOSED 16      /* Newton: eta is the closed form of the finished solve */
+#define CAR_TINY_EPS 32    /* Newton, p = 2: eps^2 is not a normal number (the caller scales) */
+
+/* The smallest eps whose square is a normal number of T (2^-63, 2^-511). */
+#define CAR_SQRT_TINY(T) ((T)(sizeof(T) > 4 ? 0x1p-511 : 0x1p-63))
 
 /* The Newton iterations t <- t + (E - g(t)) / S(t) from t = 0 over the powers of a row
  * (dpr, rpr; slope0 = S(0), target = E), until S repeats or a step lands before the next
@@ -184,7 +188,9 @@ CAR_ROW_RESULT(double)
         /* eps: the row's target */                                                        \
         bad += !(eps >= 0 && eps - eps == 0); /* eps finite and >= 0 */                    \
         int wide = (eps > 0 && eps < tiny_eps) || smallest < largest * span_factor;        \
+        int tiny = (SQ) && eps > 0 && eps < CAR_SQRT_TINY(T);                              \
         int flags = (bad > 0 ? CAR_CHECK_FAILED : 0) | (wide ? CAR_WIDE : 0);              \
+        flags |= tiny ? CAR_TINY_EPS : 0;                                                  \
         T d_scale = 1;                                                                     \
         int reachable;                                                                     \
         T target;                                                                          \
@@ -214,10 +220,10 @@ CAR_ROW_RESULT(double)
         }                                                                                  \
         CAR_ITERATE(T)                                                                     \
         /* the closed form eta = t^(1/p) / d_scale (solvers._eta_from_t) where it applies: \
-         * finished, reachable, a slope on the final segment, t finite */                  \
+         * finished, reachable, a slope on the final segment, t finite, eps^2 normal */    \
         int stuck = s <= 0 && target > 0;                                                  \
         T eta = 0;                                                                         \
-        if (done && reachable && !stuck && t < (T)INFINITY) {                              \
+        if (done && reachable && !stuck && !tiny && t < (T)INFINITY) {                     \
             T root = t > 0 ? ((SQ) ? (T)sqrt((double)t) : t) : (T)0;                       \
             eta = root / d_scale;                                                          \
             flags |= CAR_CLOSED;                                                           \
