@@ -57,8 +57,9 @@ A public call or projection asks :func:`fusable` about twice (checks, solve), th
 solve costs about 30 ns per value more than the compiled one (one CPU thread, CIFAR and
 ImageNet sizes, ``scripts/bench_rescaling.py``) and compiling about 5 s with a warm
 on-disk cache, 10-20 s cold: ``2 x 10 s / 30 ns`` is about ``2**29``. (Calibrated when
-Newton ran here; values the C kernel of :mod:`~car_attacks.core.native_newton` solves are
-not counted, so the break-even now buys the checks and the projections' other passes.)"""
+Newton ran here; values the C kernels of :mod:`~car_attacks.core.native_newton` solve are
+not counted, so on the CPU the break-even now buys only what those leave; it matters on
+CUDA and where no C compiler builds them.)"""
 FUSED_MIN_SIZE = 1024
 """Values per sample from which the fused path is used (below, the eager solvers are about
 as fast; on CUDA too: L2 PGD on 10,000 Fashion-MNIST images of 784 values spent 0.25 s

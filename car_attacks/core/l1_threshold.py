@@ -271,12 +271,6 @@ def solve_threshold(
     outcome = _newton(problem, eps_col, state, first, L1_NEWTON_MAX_ITER)
     if outcome.done.all().item():
         return outcome
-    return finish_by_sort(problem, eps_col, outcome)
-
-
-def finish_by_sort(problem: ThresholdProblem, eps_col: ep.Tensor, outcome: Outcome) -> Outcome:
-    """``outcome`` with the samples Newton has not finished solved by the sort (their ``h``
-    recomputed)."""
     size, room = problem.parts()
     lam = ep.where(outcome.done, outcome.lam, l1_threshold_sort(size, room, eps_col.reshape((-1,))))
     h = ep.minimum((size - lam).clip(0.0, math.inf), room).sum(axis=1, keepdims=True)

@@ -107,7 +107,7 @@ def _common_projection(x0: Any, z: Any, eps: Any, p: Any, bounds: Any) -> Any:
     call = plain_call(x0, z, eps, p, bounds)
     if call is None or not native_newton.eligible(x0, z, call.lo, call.hi):
         return None
-    checks = CheckLimits.of(x0, call.lo, call.hi, below=call.below, above=call.above)
+    checks = call.checks(x0)
 
     def general(x_left: torch.Tensor, z_left: torch.Tensor, e_left: torch.Tensor) -> Any:
         # checked again, and in float64 where those samples need it

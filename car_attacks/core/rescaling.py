@@ -222,7 +222,7 @@ def _native_call(x: torch.Tensor, delta: torch.Tensor, call: PlainCall) -> torch
     where a check fails (or the kernel could not run)."""
     n, p, lo, hi, eps = x.shape[0], call.p, call.lo, call.hi, call.eps
     lo_, hi_ = fused.as_dtype_float(lo, x), fused.as_dtype_float(hi, x)
-    checks = fused.CheckLimits.of(x, lo, hi, below=call.below, above=call.above)
+    checks = call.checks(x)
     if p == math.inf:
         flat = (x.reshape(n, -1), delta.reshape(n, -1))
         scale = native_newton.linf_eta(*flat, eps, lo=lo_, hi=hi_, checks=checks)

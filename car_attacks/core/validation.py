@@ -151,6 +151,10 @@ class PlainCall:
     """``x`` must lie in ``[below, above]``: the bounds widened by :data:`BOUNDS_TOLERANCE`."""
     above: float
 
+    def checks(self, like: torch.Tensor) -> fused.CheckLimits:
+        """The limits of the checks a kernel runs in its first pass, in ``like``'s dtype."""
+        return fused.CheckLimits.of(like, self.lo, self.hi, below=self.below, above=self.above)
+
 
 def plain_call(x: Any, other: Any, eps: Any, p: Any, bounds: Any) -> PlainCall | None:
     """The fast paths' common call of a public function, parsed without a pass over the data:
