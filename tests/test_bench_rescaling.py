@@ -262,3 +262,15 @@ def test_device_option_reaches_the_cases() -> None:
         device=config.device,
     )
     assert case.x.device == torch.device("cpu") and case.eps_ep.raw.device == torch.device("cpu")
+
+
+def test_a_p_without_exact_projection_is_timed_without_it(tmp_path: Path) -> None:
+    """``--ps 3``: every method is timed, the projection reference (p = 1, 2, inf only) is
+    left out instead of failing the run."""
+    out = tmp_path / "p3.json"
+    args = ["--quick", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-progress"]
+    rc = main([*args, "--backends", "torch", "--dtypes", "float64", "--ps", "3", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rc == 0 and {r["p"] for r in rows} == {"3"}
+    assert all(r["project_ms"] is None and r["one_pass_ms"] > 0 for r in rows)
+    assert all(r["max_rel_err"] <= 1e-9 for r in rows if r["method"] in EXACT_METHODS)

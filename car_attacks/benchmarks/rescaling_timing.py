@@ -127,7 +127,7 @@ def _bench_case(
         fns | references, config.repeats, config.warmup, tick, config.clock, sync=sync
     )
     one_pass_ms = statistics.median(times[ONE_PASS])
-    project_ms = statistics.median(times[PROJECT])
+    project_ms = statistics.median(times[PROJECT]) if PROJECT in times else None
     rows = []
     for method in methods:
         steps: int | None = None
